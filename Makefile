@@ -1,0 +1,35 @@
+# The README's commands. Each installs what is missing first, so a fresh clone needs nothing else.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export GX_ANALYTICS_ENABLED := False
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: install demo test lint clean-demo
+
+install: $(VENV)/.installed
+
+# constraints.txt pins every transitive version (regenerate with `make lock`).
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install
+	dfdc demo-data data/raw
+	dvc repro
+	@echo; echo "metrics:"; cat reports/metrics.json
+
+test: install
+	pytest
+
+lint: install
+	ruff check dfdc flows tests
+
+lock: install
+	$(BIN)/pip freeze --exclude-editable --exclude dfdc > constraints.txt
+
+clean-demo:
+	rm -rf data models dist reports submission.csv dvc.lock mlflow/mlflow.db mlflow/artifacts

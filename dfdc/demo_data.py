@@ -1,0 +1,535 @@
+"""Synthetic DFDC-layout demo data rendered from the face photos that ship in scikit-image.
+
+The real DFDC is ~470 GB behind a licence, so CI, tutorials and smoke runs need a stand-in
+that exercises the *same* code paths: chunk folders with DFDC's ``metadata.json``, random
+10-letter names, fakes whose originals may sit in another chunk, H.264 video with an AAC
+track, and a ``test_videos`` folder with a ``sample_submission.csv``. Every fake is its
+original's exact render with only the face region manipulated, so a detector can only
+learn from the face, as on the real data. Everything is seeded, so a spec is a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pandas as pd
+
+# Face boxes (x0, y0, x1, y1) in the 512x512 source photos. Measured once with
+# facenet-pytorch 2.x ``MTCNN(keep_all=True).detect(img)`` on the RGB photo (camera
+# stacked to 3 channels): one face each, prob 0.99999 (astronaut) and 0.9991 (camera).
+# Hard-coded so this module never needs torch.
+_FACE_BOXES: dict[str, tuple[float, float, float, float]] = {
+    "astronaut": (181.05, 62.16, 267.75, 172.05),
+    "camera": (199.22, 118.93, 254.27, 192.27),
+}
+IDENTITIES: tuple[str, ...] = tuple(_FACE_BOXES)
+KINDS: tuple[str, ...] = ("swap", "lowres", "colour")
+TEST_DIR = "test_videos"
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "chunk", "filename", "label", "original", "kind", "identity", "seed"
+)
+
+_SRC = 512  # side of both source photos
+_AUDIO_RATE = 44100
+_ROI_ENLARGE = 1.5  # manipulations never touch pixels outside the face box scaled by this
+_X264_OPTIONS = {"crf": "18", "preset": "veryfast"}
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Size and shape of a demo dataset; the defaults generate in seconds."""
+
+    chunks: int = 2
+    originals_per_chunk: int = 6  # REAL videos per chunk
+    fakes_per_original: int = 3  # FAKE videos made from each real (=> 75% fake, DFDC ~81%)
+    test_videos: int = 12  # unlabeled videos in test_videos/ (~50/50 real/fake)
+    width: int = 320
+    height: int = 240
+    duration: float = 2.0  # seconds
+    fps: int = 15
+    seed: int = 0
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) rounded down to even, because yuv420p needs even dimensions."""
+        return self.width - self.width % 2, self.height - self.height % 2
+
+    @property
+    def n_frames(self) -> int:
+        """Frames per video (at least one)."""
+        return max(1, round(self.duration * self.fps))
+
+
+@dataclass(frozen=True)
+class _Video:
+    """One planned video: where it goes, what it is, and the seeds that make it."""
+
+    chunk: str
+    name: str
+    label: str  # REAL / FAKE
+    original: str | None
+    kind: str  # "real" or a manipulation kind
+    identity: str  # identity of the rendered scene (a swap shows the other face)
+    seed: int  # this video's own seed (render for reals, manipulation for fakes)
+    render_seed: int  # seed of the real render this video is built on
+
+
+@dataclass(frozen=True)
+class _Pose:
+    """Per-frame geometry a fake needs to find and follow the face."""
+
+    matrix: np.ndarray  # 2x3 affine, source photo -> frame
+    box: tuple[float, float, float, float]  # face box in frame coordinates
+    angle: float  # camera roll in degrees (cv2 convention)
+    face_centre: tuple[float, float]  # face centre in frame coordinates
+    face_size: tuple[float, float]  # un-rotated face width, height in frame pixels
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def generate_demo_data(out: Path, spec: DemoSpec = DemoSpec()) -> pd.DataFrame:
+    """Write the demo dataset under `out` and return the manifest.
+
+    The manifest (also written as ``out/demo_manifest.csv``) is the ground truth for every
+    video, test answers included, so tests and tutorials can check what the pipeline finds.
+    """
+    _validate(spec)
+    out = Path(out)
+    plan = _plan(spec)
+    _refuse_foreign_files(out, plan)
+    photos = {ident: _load_photo(ident) for ident in IDENTITIES}
+    for video in plan:
+        folder = out / video.chunk
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_video(folder / video.name, video, spec, photos)
+    _write_metadata(out, plan)
+    manifest = _manifest(plan)
+    _write_test_csvs(out, manifest)
+    manifest.to_csv(out / "demo_manifest.csv", index=False)
+    return manifest
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _validate(spec: DemoSpec) -> None:
+    """Fail early with a readable message instead of a codec error mid-way."""
+    checks = [
+        (spec.chunks >= 1, f"chunks must be >= 1, got {spec.chunks}"),
+        (spec.originals_per_chunk >= 1,
+         f"originals_per_chunk must be >= 1, got {spec.originals_per_chunk}"),
+        (spec.fakes_per_original >= 0,
+         f"fakes_per_original must be >= 0, got {spec.fakes_per_original}"),
+        (spec.test_videos >= 0, f"test_videos must be >= 0, got {spec.test_videos}"),
+        (spec.width >= 64 and spec.height >= 64,
+         f"width and height must be >= 64, got {spec.width}x{spec.height}"),
+        (spec.width <= 4096 and spec.height <= 4096,
+         f"width and height must be <= 4096, got {spec.width}x{spec.height}"),
+        (spec.fps >= 1, f"fps must be >= 1, got {spec.fps}"),
+        (math.isfinite(spec.duration) and spec.duration > 0,
+         f"duration must be a positive number of seconds, got {spec.duration}"),
+        (spec.seed >= 0, f"seed must be >= 0, got {spec.seed}"),
+    ]
+    errors = [msg for ok, msg in checks if not ok]
+    if errors:
+        raise ValueError("impossible DemoSpec: " + "; ".join(errors))
+
+
+def _seed(spec_seed: int, *key: int) -> int:
+    """Independent, stable 32-bit seed per (spec seed, key) so videos don't share streams."""
+    return int(np.random.SeedSequence([spec_seed, *key]).generate_state(1)[0])
+
+
+def _names(spec: DemoSpec, count: int) -> list[str]:
+    """Unique DFDC-style names (10 lowercase letters) from the spec's seed."""
+    rng = np.random.default_rng(_seed(spec.seed, 0xA11CE))
+    letters = np.array(list(string.ascii_lowercase))
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < count:
+        name = "".join(rng.choice(letters, 10)) + ".mp4"
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    return names
+
+
+def _plan(spec: DemoSpec) -> list[_Video]:
+    """Decide every video's folder, name, label, original and seeds before rendering any."""
+    n_test_fakes = spec.test_videos // 2
+    n_test_reals = spec.test_videos - n_test_fakes
+    per_chunk = spec.originals_per_chunk * (1 + spec.fakes_per_original)
+    names = iter(_names(spec, spec.chunks * per_chunk + spec.test_videos))
+    index = iter(range(1 << 30))
+    plan: list[_Video] = []
+    kind_turn = 0
+    previous_first_real: _Video | None = None
+
+    def real(chunk: str, ident: str) -> _Video:
+        seed = _seed(spec.seed, next(index))
+        return _Video(chunk, next(names), "REAL", None, "real", ident, seed, seed)
+
+    def fake(chunk: str, original: _Video) -> _Video:
+        nonlocal kind_turn
+        kind = KINDS[kind_turn % len(KINDS)]
+        kind_turn += 1
+        return _Video(chunk, next(names), "FAKE", original.name, kind, original.identity,
+                      _seed(spec.seed, next(index)), original.render_seed)
+
+    for k in range(spec.chunks):
+        chunk = f"dfdc_train_part_{k}"
+        reals = [real(chunk, IDENTITIES[(k * spec.originals_per_chunk + i) % len(IDENTITIES)])
+                 for i in range(spec.originals_per_chunk)]
+        plan += reals
+        for i, original in enumerate(reals):
+            for j in range(spec.fakes_per_original):
+                # DFDC has fakes whose original lives in another chunk; make one per chunk.
+                cross = previous_first_real is not None and i == 0 and j == 0
+                plan.append(fake(chunk, previous_first_real if cross else original))
+        previous_first_real = reals[0]
+
+    test_reals = [real(TEST_DIR, IDENTITIES[i % len(IDENTITIES)]) for i in range(n_test_reals)]
+    plan += test_reals
+    plan += [fake(TEST_DIR, test_reals[i % len(test_reals)]) for i in range(n_test_fakes)]
+    return plan
+
+
+def _refuse_foreign_files(out: Path, plan: list[_Video]) -> None:
+    """Refuse to mix two datasets: stale videos would contradict the new metadata.json."""
+    planned = {(v.chunk, v.name) for v in plan}
+    folders = [*out.glob("dfdc_train_part_*"), out / TEST_DIR] if out.is_dir() else []
+    for folder in folders:
+        stale = sorted(p.name for p in folder.glob("*.mp4") if (folder.name, p.name) not in planned)
+        if stale:
+            raise FileExistsError(
+                f"{folder} holds videos of another dataset ({stale[0]}, ...); "
+                f"remove {out} or pick an empty output folder"
+            )
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _write_metadata(out: Path, plan: list[_Video]) -> None:
+    """One metadata.json per chunk, in exactly DFDC's shape."""
+    chunks: dict[str, dict[str, dict[str, str | None]]] = {}
+    for v in plan:
+        if v.chunk != TEST_DIR:
+            chunks.setdefault(v.chunk, {})[v.name] = {
+                "label": v.label, "split": "train", "original": v.original,
+            }
+    for chunk, meta in chunks.items():
+        with (out / chunk / "metadata.json").open("w") as fh:
+            json.dump(meta, fh)
+
+
+def _manifest(plan: list[_Video]) -> pd.DataFrame:
+    """Ground truth for every video, including the test answers DFDC never published."""
+    rows = [(v.chunk, v.name, v.label, v.original, v.kind, v.identity, v.seed) for v in plan]
+    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+
+
+def _write_test_csvs(out: Path, manifest: pd.DataFrame) -> None:
+    """Kaggle's sample submission plus the answer key, so a submission can be scored."""
+    test = manifest[manifest["chunk"] == TEST_DIR].sort_values("filename")
+    (out / TEST_DIR).mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"filename": test["filename"], "label": 0.5}).to_csv(
+        out / "sample_submission.csv", index=False
+    )
+    pd.DataFrame(
+        {"filename": test["filename"], "label": (test["label"] == "FAKE").astype(int)}
+    ).to_csv(out / "test_labels.csv", index=False)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _load_photo(identity: str) -> np.ndarray:
+    """The identity's photo as RGB uint8 512x512 (imported lazily: no work at import)."""
+    import skimage.data
+
+    if identity == "astronaut":
+        return np.ascontiguousarray(skimage.data.astronaut()[..., :3])
+    if identity == "camera":
+        return np.ascontiguousarray(np.repeat(skimage.data.camera()[..., None], 3, axis=2))
+    raise ValueError(f"unknown identity {identity!r}; expected one of {IDENTITIES}")
+
+
+def _smoothstep(t: float) -> float:
+    """Ease in/out so the camera starts and stops like a hand-held move, not linearly."""
+    return t * t * (3.0 - 2.0 * t)
+
+
+class _Scene:
+    """A real video: one photo, a random camera path, drifting light and sensor noise.
+
+    Fakes rebuild the same scene from the original's seed, so their frames match the
+    original bit for bit outside the face region.
+    """
+
+    def __init__(self, photo: np.ndarray, identity: str, seed: int, spec: DemoSpec) -> None:
+        rng = np.random.default_rng(seed)
+        self.width, self.height = spec.frame_size
+        self.n_frames = spec.n_frames
+        self.source, self.face = self._vary_identity(photo, _FACE_BOXES[identity], rng)
+        self._plan_camera(rng)
+        self._plan_light(rng)
+        self.noise_sigma = float(rng.uniform(1.5, 3.5))
+        self._noise_rng = np.random.default_rng(rng.integers(1 << 63))
+
+    @staticmethod
+    def _vary_identity(
+        photo: np.ndarray, box: tuple[float, float, float, float], rng: np.random.Generator
+    ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+        """Flip, hue and gain tweaks so two videos of one identity are not pixel twins."""
+        img = photo
+        x0, y0, x1, y1 = box
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+            x0, x1 = _SRC - x1, _SRC - x0
+        hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 0] = (hsv[..., 0] + rng.uniform(-6, 6)) % 180
+        hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.85, 1.15), 0, 255)
+        rgb = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+        rgb *= rng.uniform(0.92, 1.08, size=3).astype(np.float32)
+        return np.clip(rgb, 0, 255), (x0, y0, x1, y1)
+
+    def _plan_camera(self, rng: np.random.Generator) -> None:
+        """Random start/end framing near the face, plus a gentle roll wobble."""
+        cover = max(self.width, self.height) / _SRC  # photo fills the frame
+        self.cover = cover
+        self.zoom = (rng.uniform(1.06, 1.2), rng.uniform(1.06, 1.2))
+        x0, y0, x1, y1 = self.face
+        fcx, fcy, fh = (x0 + x1) / 2, (y0 + y1) / 2, y1 - y0
+        self.centre = [
+            (fcx + rng.uniform(-0.4, 0.4) * fh, fcy + rng.uniform(-0.1, 0.5) * fh)
+            for _ in range(2)
+        ]
+        self.roll = (rng.uniform(-3, 3), rng.uniform(-3, 3))
+        self.wobble = (rng.uniform(0.3, 1.0), rng.uniform(0.5, 1.5), rng.uniform(0, 2 * np.pi))
+
+    def _plan_light(self, rng: np.random.Generator) -> None:
+        """Brightness and colour temperature drift, as auto-exposure and white balance do."""
+        self.gain = (rng.uniform(0.85, 1.1), rng.uniform(0.05, 0.15), rng.uniform(0, 2 * np.pi))
+        self.temp = (rng.uniform(-0.05, 0.05), rng.uniform(0.02, 0.06), rng.uniform(0, 2 * np.pi))
+
+    def pose(self, i: int) -> _Pose:
+        """Camera affine for frame i, clamped so the frame never leaves the photo."""
+        t = i / max(self.n_frames - 1, 1)
+        e = _smoothstep(t)
+        amp, cycles, phase = self.wobble
+        angle = self.roll[0] + (self.roll[1] - self.roll[0]) * e
+        angle += amp * math.sin(2 * np.pi * cycles * t + phase)
+        zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * e
+        theta = math.radians(angle)
+        c, s = abs(math.cos(theta)), abs(math.sin(theta))
+        # Smallest scale whose rotated window still fits inside the photo.
+        need = max((self.width * c + self.height * s), (self.width * s + self.height * c)) / _SRC
+        scale = max(self.cover * zoom, need * 1.01)
+        ex = (self.width * c + self.height * s) / (2 * scale)
+        ey = (self.width * s + self.height * c) / (2 * scale)
+        cx = self.centre[0][0] + (self.centre[1][0] - self.centre[0][0]) * e
+        cy = self.centre[0][1] + (self.centre[1][1] - self.centre[0][1]) * e
+        cx = float(np.clip(cx, ex, _SRC - ex))
+        cy = float(np.clip(cy, ey, _SRC - ey))
+        m = cv2.getRotationMatrix2D((cx, cy), angle, scale)
+        m[0, 2] += self.width / 2 - cx
+        m[1, 2] += self.height / 2 - cy
+        x0, y0, x1, y1 = self.face
+        fc = m @ np.array([(x0 + x1) / 2, (y0 + y1) / 2, 1.0])
+        return _Pose(m, _transform_box(m, self.face), angle, (float(fc[0]), float(fc[1])),
+                     ((x1 - x0) * scale, (y1 - y0) * scale))
+
+    def light(self, i: int) -> np.ndarray:
+        """Per-channel RGB gains for frame i."""
+        t = i / max(self.n_frames - 1, 1)
+        base, amp, phase = self.gain
+        g = base + amp * math.sin(2 * np.pi * 0.7 * t + phase)
+        tb, ta, tp = self.temp
+        temp = tb + ta * math.sin(2 * np.pi * 0.5 * t + tp)
+        return np.array([g * (1 + temp), g, g * (1 - temp)], dtype=np.float32)
+
+    def frames(self) -> Iterator[tuple[np.ndarray, _Pose]]:
+        """Yield (RGB uint8 frame, pose) one at a time so 1080p never sits in memory."""
+        noise = np.empty((self.height, self.width, 3), dtype=np.float32)
+        for i in range(self.n_frames):
+            pose = self.pose(i)
+            # Light the small source, not the big frame: warping is linear, so it's the same.
+            lit = np.clip(self.source * self.light(i), 0, 255).astype(np.uint8)
+            frame = cv2.warpAffine(
+                lit, pose.matrix, (self.width, self.height),
+                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101,
+            )
+            # cv2.randn is ~4x faster than numpy at 1080p; its seed comes from our numpy rng.
+            cv2.setRNGSeed(int(self._noise_rng.integers(1 << 31)))
+            cv2.randn(noise, 0.0, self.noise_sigma)
+            yield cv2.add(frame, noise, dtype=cv2.CV_8U), pose
+
+
+def _transform_box(
+    m: np.ndarray, box: tuple[float, float, float, float]
+) -> tuple[float, float, float, float]:
+    """Axis-aligned box around the affine image of a box's four corners."""
+    x0, y0, x1, y1 = box
+    pts = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], dtype=np.float64)
+    xy = pts @ m.T
+    return (float(xy[:, 0].min()), float(xy[:, 1].min()),
+            float(xy[:, 0].max()), float(xy[:, 1].max()))
+
+
+# --------------------------------------------------------------------------- manipulations
+
+
+class _Manipulator:
+    """Turns a real frame into a fake one by editing only the (enlarged) face region."""
+
+    def __init__(
+        self, kind: str, seed: int, identity: str, photos: dict[str, np.ndarray]
+    ) -> None:
+        self.kind = kind
+        self.rng = np.random.default_rng(seed)
+        donor = next(i for i in IDENTITIES if i != identity)
+        self.donor = photos[donor]
+        self.donor_face = _FACE_BOXES[donor]
+        self.factor = float(self.rng.uniform(4.0, 6.0))  # lowres
+        self.hue = float(self.rng.choice([-1, 1]) * self.rng.uniform(8, 15))  # colour
+        gains = self.rng.uniform(0.8, 0.9, size=3)
+        gains[self.rng.integers(3)] = self.rng.uniform(1.12, 1.25)
+        self.gains = gains.astype(np.float32)
+
+    def apply(self, frame: np.ndarray, pose: _Pose) -> np.ndarray:
+        """Edit the frame in place inside the enlarged face box and return it."""
+        roi = _roi(pose.box, frame.shape[1], frame.shape[0])
+        if roi is None:
+            return frame
+        rx0, ry0, rx1, ry1 = roi
+        patch = frame[ry0:ry1, rx0:rx1].astype(np.float32)
+        fw, fh = pose.face_size
+        fcx, fcy = pose.face_centre
+        j = self.rng.normal(0.0, 1.0, size=4)  # per-frame flicker of the blend mask
+        centre = (fcx - rx0 + 0.015 * fw * j[0], fcy - ry0 + 0.015 * fh * j[1])
+        axes = (0.5 * fw * (1 + 0.03 * j[2]), 0.55 * fh * (1 + 0.03 * j[3]))
+        hard = self.kind == "colour"
+        sigma = 1.0 if hard else 0.06 * min(fw, fh)
+        mask = _ellipse_mask(patch.shape[:2], centre, axes, sigma)
+        edited = self._edit(patch, pose, (rx0, ry0), mask)
+        out = patch + (edited - patch) * mask[..., None]
+        frame[ry0:ry1, rx0:rx1] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        return frame
+
+    def _edit(
+        self, patch: np.ndarray, pose: _Pose, origin: tuple[int, int], mask: np.ndarray
+    ) -> np.ndarray:
+        """The manipulated patch before blending; one branch per kind."""
+        if self.kind == "swap":
+            return self._swap(patch, pose, origin, mask)
+        if self.kind == "lowres":
+            h, w = patch.shape[:2]
+            small = (max(1, round(w / self.factor)), max(1, round(h / self.factor)))
+            down = cv2.resize(patch, small, interpolation=cv2.INTER_AREA)
+            return cv2.resize(down, (w, h), interpolation=cv2.INTER_LINEAR)
+        if self.kind == "colour":
+            hsv = cv2.cvtColor(np.clip(patch, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV)
+            hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + round(self.hue)) % 180).astype(np.uint8)
+            rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
+            return rgb * self.gains
+        raise ValueError(f"unknown manipulation kind {self.kind!r}")
+
+    def _swap(
+        self, patch: np.ndarray, pose: _Pose, origin: tuple[int, int], mask: np.ndarray
+    ) -> np.ndarray:
+        """Warp the donor's face onto the target box, then match its colour statistics."""
+        dx0, dy0, dx1, dy1 = self.donor_face
+        # Donor face height -> target face height, rolled with the camera.
+        scale = pose.face_size[1] / (dy1 - dy0)
+        m = cv2.getRotationMatrix2D(((dx0 + dx1) / 2, (dy0 + dy1) / 2), pose.angle, scale)
+        m[0, 2] += pose.face_centre[0] - origin[0] - (dx0 + dx1) / 2
+        m[1, 2] += pose.face_centre[1] - origin[1] - (dy0 + dy1) / 2
+        h, w = patch.shape[:2]
+        face = cv2.warpAffine(self.donor, m, (w, h), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REFLECT_101).astype(np.float32)
+        inside = mask > 0.5
+        if inside.sum() < 4:
+            return patch
+        src_mean, src_std = face[inside].mean(0), face[inside].std(0) + 1.0
+        dst_mean, dst_std = patch[inside].mean(0), patch[inside].std(0) + 1.0
+        return (face - src_mean) * (dst_std / src_std) + dst_mean
+
+
+def _roi(
+    box: tuple[float, float, float, float], width: int, height: int
+) -> tuple[int, int, int, int] | None:
+    """Integer face box enlarged by _ROI_ENLARGE and clipped; None if off-frame."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    hw, hh = (x1 - x0) * _ROI_ENLARGE / 2, (y1 - y0) * _ROI_ENLARGE / 2
+    rx0, ry0 = max(0, math.floor(cx - hw)), max(0, math.floor(cy - hh))
+    rx1, ry1 = min(width, math.ceil(cx + hw)), min(height, math.ceil(cy + hh))
+    if rx1 - rx0 < 4 or ry1 - ry0 < 4:
+        return None
+    return rx0, ry0, rx1, ry1
+
+
+def _ellipse_mask(
+    shape: tuple[int, int], centre: tuple[float, float], axes: tuple[float, float], sigma: float
+) -> np.ndarray:
+    """Feathered elliptical alpha in [0, 1]; sigma sets how soft the seam is."""
+    h, w = shape
+    yy, xx = np.ogrid[:h, :w]
+    r = ((xx - centre[0]) / max(axes[0], 1.0)) ** 2 + ((yy - centre[1]) / max(axes[1], 1.0)) ** 2
+    mask = (r <= 1.0).astype(np.float32)
+    return cv2.GaussianBlur(mask, (0, 0), sigmaX=max(sigma, 0.3))
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _audio(seed: int, start: int, stop: int) -> np.ndarray:
+    """Quiet hum with a syllable-like envelope plus hiss; deterministic per sample index."""
+    rng = np.random.default_rng(seed)
+    freq, amp, rate = rng.uniform(110, 330), rng.uniform(0.02, 0.05), rng.uniform(2.0, 5.0)
+    t = np.arange(start, stop, dtype=np.float64) / _AUDIO_RATE
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * rate * t) ** 2
+    hiss = np.random.default_rng([seed, start]).normal(0.0, 0.004, t.size)
+    return (amp * env * np.sin(2 * np.pi * freq * t) + hiss).astype(np.float32)[None, :]
+
+
+def _write_video(
+    path: Path, video: _Video, spec: DemoSpec, photos: dict[str, np.ndarray]
+) -> None:
+    """Render and encode one video, streaming frame by frame into H.264 + AAC."""
+    scene = _Scene(photos[video.identity], video.identity, video.render_seed, spec)
+    fake = (
+        _Manipulator(video.kind, video.seed, video.identity, photos)
+        if video.label == "FAKE" else None
+    )
+    with av.open(str(path), mode="w") as container:
+        vstream = container.add_stream("libx264", rate=spec.fps, options=dict(_X264_OPTIONS))
+        vstream.width, vstream.height = scene.width, scene.height
+        vstream.pix_fmt = "yuv420p"
+        vstream.time_base = Fraction(1, spec.fps)
+        astream = container.add_stream("aac", rate=_AUDIO_RATE, layout="mono")
+        astream.time_base = Fraction(1, _AUDIO_RATE)
+        for i, (frame, pose) in enumerate(scene.frames()):
+            if fake is not None:
+                frame = fake.apply(frame, pose)
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts = i
+            container.mux(vstream.encode(vf))
+            a0, a1 = i * _AUDIO_RATE // spec.fps, (i + 1) * _AUDIO_RATE // spec.fps
+            af = av.AudioFrame.from_ndarray(_audio(video.render_seed, a0, a1),
+                                            format="fltp", layout="mono")
+            af.sample_rate, af.pts = _AUDIO_RATE, a0
+            container.mux(astream.encode(af))
+        container.mux(vstream.encode(None))
+        container.mux(astream.encode(None))

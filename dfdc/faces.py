@@ -1,0 +1,117 @@
+"""Face detection (facenet-pytorch MTCNN) and the one crop policy.
+
+``crop_face`` is the single place a box becomes a model input: extraction, the
+training dataset and prediction all call it, so crops cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    from dfdc.config import ExtractConfig
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detection in frame pixels: box ``(x1, y1, x2, y2)``, probability, 5 landmarks."""
+
+    box: tuple[float, float, float, float]
+    prob: float
+    landmarks: tuple[float, ...]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means the GPU when one is present, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def detector_scale(width: int, height: int) -> float:
+    """Resize factor for the detector input: small videos up, large ones down.
+
+    MTCNN finds faces of 20+ px; DFDC faces in 1080p are 100+ px, so half scale keeps
+    recall while quartering the cost, and tiny videos need upscaling to be found at all.
+    """
+    side = max(width, height)
+    if side < 300:
+        return 2.0
+    if side <= 1000:
+        return 1.0
+    if side <= 1900:
+        return 0.5
+    return 0.33
+
+
+class FaceDetector:
+    """MTCNN with the thresholds and scale policy of ``ExtractConfig``; built on first use."""
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        from facenet_pytorch import MTCNN
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self._mtcnn = MTCNN(
+            keep_all=True,
+            thresholds=list(cfg.thresholds),
+            min_face_size=cfg.min_face_size,
+            factor=cfg.factor,
+            post_process=False,
+            device=self.device,
+        )
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in an RGB frame, most probable first, at most ``max_faces``, ``prob >= min_prob``."""
+        height, width = image.shape[:2]
+        scale = detector_scale(width, height)
+        small = image
+        if scale != 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            small = cv2.resize(image, size, interpolation=interp)
+        boxes, probs, points = self._mtcnn.detect(small, landmarks=True)
+        if boxes is None:
+            return []
+        faces = [
+            Face(
+                box=tuple(float(v) / scale for v in box),  # type: ignore[arg-type]
+                prob=float(prob),
+                landmarks=tuple(float(v) / scale for v in np.asarray(pts).ravel()),
+            )
+            for box, prob, pts in zip(boxes, probs, points, strict=True)
+            if prob is not None and prob >= self.cfg.min_prob
+        ]
+        faces.sort(key=lambda f: f.prob, reverse=True)
+        return faces[: self.cfg.max_faces]
+
+
+def crop_face(image: np.ndarray, box: tuple[float, ...], margin: float, size: int) -> np.ndarray:
+    """Box -> margin -> isotropic resize -> centred zero padding to ``size`` x ``size``.
+
+    The margin (a fraction of the box on each side, a third by default as the DFDC
+    winner used) keeps the blend boundary of a swapped face inside the crop.
+    """
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = box
+    pad_w, pad_h = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = max(int(x1 - pad_w), 0), max(int(y1 - pad_h), 0)
+    right, bottom = min(int(x2 + pad_w), width), min(int(y2 + pad_h), height)
+    crop = image[top:bottom, left:right]
+    out = np.zeros((size, size, 3), dtype=np.uint8)
+    if crop.size == 0:
+        return out
+    h, w = crop.shape[:2]
+    scale = size / max(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(crop, (new_w, new_h), interpolation=interp)
+    y0, x0 = (size - new_h) // 2, (size - new_w) // 2
+    out[y0 : y0 + new_h, x0 : x0 + new_w] = resized
+    return out

@@ -1,0 +1,122 @@
+"""The detector: any timm backbone with a one-logit head, and its checkpoint.
+
+The checkpoint carries everything needed to rebuild the model and its input
+(backbone name, crop protocol, normalisation), so nothing is retyped at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dfdc.config import ExtractConfig, ModelConfig
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a uint8 crop becomes a model input; travels with the weights."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """A timm backbone by name with one output logit (P(FAKE) before the sigmoid).
+
+    ``pretrained`` downloads from the model hub on a user's machine; ``weights_path``
+    loads a local file instead, so offline runs can still start from pretrained weights.
+    """
+    import timm
+
+    model = timm.create_model(
+        cfg.name, pretrained=cfg.pretrained and cfg.weights_path is None,
+        num_classes=1, drop_rate=cfg.drop_rate,
+    )  # fmt: skip
+    if cfg.weights_path is not None:
+        # A pretrained file has a 1000-class head: keep every tensor whose shape fits.
+        own = model.state_dict()
+        state = torch.load(cfg.weights_path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(state, strict=False)
+    return model
+
+
+def preprocess_of(model: nn.Module) -> Preprocess:
+    """Normalisation the backbone expects, asked of timm rather than tabulated."""
+    import timm.data
+
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    return Preprocess(tuple(data_cfg["mean"]), tuple(data_cfg["std"]))  # type: ignore[arg-type]
+
+
+def to_input(crops: np.ndarray, pre: Preprocess) -> torch.Tensor:
+    """uint8 crops ``(n, h, w, 3)`` -> normalised float tensor ``(n, 3, h, w)``."""
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, crops: np.ndarray, pre: Preprocess, batch_size: int = 64
+) -> np.ndarray:
+    """Frame-level logits for a stack of crops, in order."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [
+        model(to_input(crops[i : i + batch_size], pre).to(device)).float().cpu().view(-1)
+        for i in range(0, len(crops), batch_size)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Weights plus the protocol that produced their inputs."""
+
+    model: ModelConfig
+    extract: ExtractConfig
+    preprocess: Preprocess
+    state_dict: dict[str, torch.Tensor]
+    epoch: int
+    val_logloss: float
+
+    def save(self, path: Path) -> None:
+        """Plain tensors and dicts only, so loading needs no pickled classes."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "model": self.model.model_dump(mode="json"),
+            "extract": self.extract.model_dump(mode="json"),
+            "preprocess": asdict(self.preprocess),
+            "state_dict": self.state_dict,
+            "epoch": self.epoch,
+            "val_logloss": self.val_logloss,
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        """Read a checkpoint with ``weights_only`` loading (no arbitrary code)."""
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        pre = raw["preprocess"]
+        return cls(
+            model=ModelConfig.model_validate(raw["model"]),
+            extract=ExtractConfig.model_validate(raw["extract"]),
+            preprocess=Preprocess(tuple(pre["mean"]), tuple(pre["std"])),
+            state_dict=raw["state_dict"],
+            epoch=int(raw["epoch"]),
+            val_logloss=float(raw["val_logloss"]),
+        )
+
+    def build(self) -> nn.Module:
+        """The model with these weights, on the CPU, in eval mode."""
+        model = build_model(self.model.model_copy(update={"pretrained": False, "weights_path": None}))
+        model.load_state_dict(self.state_dict)
+        return model.eval()

@@ -1,0 +1,41 @@
+"""Leak-free splits: a fake always sits on the same side as its original.
+
+DFDC fakes are pixel-aligned to their originals, so a fake in test whose original
+was trained on leaks the scene, the lighting and the identity. Splitting by the
+original video (the "group") keeps every fake family on one side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dfdc.config import SplitConfig
+
+SUBSETS = ("train", "calib", "test")
+
+
+def groups(meta: pd.DataFrame) -> pd.Series:
+    """The group of each video: its original for a fake, itself for a real."""
+    return meta["original"].where(meta["label"] == "FAKE", meta["filename"]).astype(str)
+
+
+def assign_splits(meta: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
+    """``meta`` with ``group`` and ``subset`` columns (train / calib / test).
+
+    ``subset`` is ours; DFDC's own ``split`` column is left as shipped.
+
+    Groups are shuffled with the seed and taken in order until each held-out split
+    holds its share of videos, so shares are met by videos, not by groups.
+    """
+    out = meta.assign(group=groups(meta))
+    sizes = out.groupby("group").size()
+    order = sizes.index.to_numpy()[np.random.default_rng(cfg.seed).permutation(len(sizes))]
+    total = len(out)
+    bounds = (("test", cfg.test * total), ("calib", (cfg.test + cfg.calib) * total))
+    subset_of: dict[str, str] = {}
+    filled = 0
+    for group in order:
+        subset_of[group] = next((name for name, bound in bounds if filled < bound), "train")
+        filled += int(sizes[group])
+    return out.assign(subset=out["group"].map(subset_of))

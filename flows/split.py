@@ -1,0 +1,22 @@
+"""Stage `split`: train / calib / test, grouped by original video."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import flow
+
+from dfdc.config import load_params
+from dfdc.metadata import read_chunks
+from dfdc.split import assign_splits
+
+
+@flow(name="split")
+def split_flow(params_path: str = "params.yaml") -> pd.DataFrame:
+    """Write ``data.splits``: one row per video with its group and subset."""
+    params = load_params(params_path)
+    meta = read_chunks(params.data.chunk_dirs()).drop(columns=["path"])
+    table = assign_splits(meta, params.split)
+    params.data.splits.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(params.data.splits, index=False)
+    print(table.groupby(["subset", "label"]).size().unstack(fill_value=0).to_string())
+    return table
