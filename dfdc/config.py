@@ -60,7 +60,7 @@ class ExtractConfig(Strict):
     exactly as training saw them.
     """
 
-    frames_per_video: int = Field(8, ge=1)
+    frames_per_video: int = Field(12, ge=1)
     device: str = "auto"
     thresholds: tuple[float, float, float] = (0.7, 0.8, 0.8)
     min_face_size: int = Field(20, ge=8)
@@ -83,7 +83,7 @@ class ModelConfig(Strict):
 class TrainConfig(Strict):
     """Optimisation recipe; the balanced sampler and label smoothing follow the DFDC winners."""
 
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(12, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)

@@ -43,7 +43,7 @@ class CropDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self, crops: np.ndarray, labels: np.ndarray, pre: Preprocess, augment: bool
     ) -> None:
         self.crops = crops
-        self.labels = torch.as_tensor(labels, dtype=torch.float32)
+        self.labels = torch.tensor(labels, dtype=torch.float32)
         self.transform = train_transforms() if augment else None
         self.mean = torch.tensor(pre.mean).view(3, 1, 1)
         self.std = torch.tensor(pre.std).view(3, 1, 1)

@@ -85,7 +85,7 @@ def train(
             optimiser.step()
             schedule.step()
             seen += len(y)
-            total_loss += float(loss) * len(y)
+            total_loss += loss.item() * len(y)
         elapsed = time.perf_counter() - start
         val_logits = predict_logits(model, val_split.crops, pre)
         metrics = {

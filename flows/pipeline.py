@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect import flow
-from prefect.states import State
+from prefect.states import Failed, State
 
 from flows.calibrate import calibrate_flow
 from flows.evaluate import evaluate_flow
@@ -20,7 +20,7 @@ def pipeline_flow(params_path: str = "params.yaml") -> State | None:
     """validate -> extract -> split -> train -> calibrate -> evaluate -> promote -> package."""
     state = validate_flow(params_path, return_state=True)
     if state.is_failed():
-        return state
+        return Failed(message=state.message)
     extract_flow(params_path)
     split_flow(params_path)
     train_flow(params_path)

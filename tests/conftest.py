@@ -1,0 +1,117 @@
+"""Shared, session-scoped fixtures: one tiny demo dataset, one extraction, one detector.
+
+Everything here is real: H.264 mp4 files rendered by ``dfdc.demo_data``, facenet-pytorch's
+MTCNN with the weights of its wheel, and a timm ``resnet10t``. The expensive parts are
+built once per session; tests that need to change files work on copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from dfdc.config import ExtractConfig, ModelConfig
+from dfdc.demo_data import TEST_DIR, DemoSpec, generate_demo_data
+from dfdc.extract import INDEX_FILE, extract_chunk
+from dfdc.faces import FaceDetector
+from dfdc.metadata import read_metadata
+from dfdc.model import Checkpoint, build_model, preprocess_of
+
+# One intra-op thread: on a shared 2-core machine, torch's OpenMP threads spin against
+# other processes and MTCNN runs ~10x slower. Results do not depend on it.
+torch.set_num_threads(1)
+
+DEMO_SPEC = DemoSpec(
+    chunks=1,
+    originals_per_chunk=2,
+    fakes_per_original=3,
+    test_videos=2,
+    width=160,
+    height=120,
+    duration=1.0,
+    fps=10,
+)
+# Small crops and few frames keep extraction and the models fast; every test that
+# extracts or predicts uses this one record so their crops can be compared.
+EXTRACT_CFG = ExtractConfig(device="cpu", frames_per_video=4, crop_size=32)
+
+
+@dataclass(frozen=True)
+class Demo:
+    """The generated demo dataset on disk and its ground truth."""
+
+    root: Path
+    spec: DemoSpec
+    manifest: pd.DataFrame
+    chunk_dir: Path
+    test_dir: Path
+    sample_submission: Path
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """The session's extraction of the demo chunk (read-only: copy before changing)."""
+
+    faces_dir: Path  # contains <chunk>/...
+    out_dir: Path  # faces_dir / chunk name
+    statuses: pd.DataFrame
+    index: pd.DataFrame
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    root = tmp_path_factory.mktemp("demo")
+    manifest = generate_demo_data(root, DEMO_SPEC)
+    chunk = manifest.loc[manifest["chunk"] != TEST_DIR, "chunk"].unique()
+    assert len(chunk) == 1
+    return Demo(
+        root=root,
+        spec=DEMO_SPEC,
+        manifest=manifest,
+        chunk_dir=root / chunk[0],
+        test_dir=root / TEST_DIR,
+        sample_submission=root / "sample_submission.csv",
+    )
+
+
+@pytest.fixture(scope="session")
+def extract_cfg() -> ExtractConfig:
+    return EXTRACT_CFG
+
+
+@pytest.fixture(scope="session")
+def chunk_meta(demo: Demo) -> pd.DataFrame:
+    return read_metadata(demo.chunk_dir)
+
+
+@pytest.fixture(scope="session")
+def detector(extract_cfg: ExtractConfig) -> FaceDetector:
+    return FaceDetector(extract_cfg)
+
+
+@pytest.fixture(scope="session")
+def extracted(
+    tmp_path_factory: pytest.TempPathFactory,
+    demo: Demo,
+    chunk_meta: pd.DataFrame,
+    extract_cfg: ExtractConfig,
+) -> Extracted:
+    faces_dir = tmp_path_factory.mktemp("faces")
+    out_dir = faces_dir / demo.chunk_dir.name
+    statuses = extract_chunk(demo.chunk_dir, chunk_meta, out_dir, extract_cfg)
+    index = pd.read_parquet(out_dir / INDEX_FILE)
+    return Extracted(faces_dir, out_dir, statuses, index)
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(extract_cfg: ExtractConfig) -> Checkpoint:
+    """A randomly initialised resnet10t with the session's crop protocol."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="resnet10t")
+    model = build_model(cfg)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return Checkpoint(cfg, extract_cfg, preprocess_of(model), state, epoch=0, val_logloss=0.69)

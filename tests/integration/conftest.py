@@ -1,0 +1,44 @@
+"""Fixtures for end-to-end runs: a tiny generated DFDC dataset and a params file sized for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dfdc.demo_data import DemoSpec, generate_demo_data
+
+TINY = DemoSpec(
+    chunks=2, originals_per_chunk=3, fakes_per_original=3, test_videos=4,
+    width=160, height=120, duration=1.0, fps=10, seed=1,
+)  # fmt: skip
+
+
+def tiny_params(root: Path) -> dict:
+    """The repository's params.yaml, shrunk so a whole run takes seconds."""
+    params = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())
+    params["extract"].update(frames_per_video=4, crop_size=64)
+    params["train"].update(epochs=2, batch_size=16)
+    params["split"].update(calib=0.3, test=0.3)
+    return params
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated once per session; tests copy it rather than write into it."""
+    out = tmp_path_factory.mktemp("raw") / "raw"
+    generate_demo_data(out, TINY)
+    return out
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, tiny_raw: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project directory holding params.yaml and data/raw; the test runs inside it."""
+    import shutil
+
+    shutil.copytree(tiny_raw, tmp_path / "data" / "raw")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
