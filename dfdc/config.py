@@ -7,7 +7,6 @@ stage reads its knobs from here, so DVC's params tracking sees them all.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field

@@ -22,6 +22,6 @@ def video_metrics(labels: np.ndarray, probs: np.ndarray, prior: float) -> dict[s
         "accuracy": float(accuracy_score(labels, probs >= 0.5)),
         "prior_logloss": constant_prior_logloss(labels, prior),
         "prior": float(prior),
-        "n_videos": int(len(labels)),
+        "n_videos": len(labels),
         "n_fake": int(labels.sum()),
     }

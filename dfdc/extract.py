@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def save_video_faces(faces: VideoFaces, path: Path, fp: str) -> None:
     os.close(fd)
     try:
         np.savez_compressed(tmp, fingerprint=np.array(fp), **faces.__dict__)
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -94,7 +95,7 @@ def _is_fresh(path: Path, fp: str) -> bool:
         return False
     try:
         return load_video_faces(path)[1] == fp
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return False  # a corrupt leftover is redone, not trusted
 
 
@@ -135,7 +136,8 @@ def extract_chunk(
     for stale in out_dir.glob("*.npz"):
         if stale.name not in keep:
             stale.unlink()
-    return _write_tables(chunk_dir.name, videos, out_dir, pd.DataFrame(statuses))
+    table = pd.DataFrame(statuses, columns=["video", "status", "detail", "seconds"])
+    return _write_tables(chunk_dir.name, videos, out_dir, table)
 
 
 def _write_tables(

@@ -103,10 +103,10 @@ def crop_face(image: np.ndarray, box: tuple[float, ...], margin: float, size: in
     pad_w, pad_h = (x2 - x1) * margin, (y2 - y1) * margin
     left, top = max(int(x1 - pad_w), 0), max(int(y1 - pad_h), 0)
     right, bottom = min(int(x2 + pad_w), width), min(int(y2 + pad_h), height)
-    crop = image[top:bottom, left:right]
     out = np.zeros((size, size, 3), dtype=np.uint8)
-    if crop.size == 0:
+    if right <= left or bottom <= top:  # empty, inverted or wholly outside the frame
         return out
+    crop = image[top:bottom, left:right]
     h, w = crop.shape[:2]
     scale = size / max(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))

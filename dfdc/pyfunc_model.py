@@ -18,11 +18,13 @@ class DfdcDetector(mlflow.pyfunc.PythonModel):
     """Wraps ``dfdc.predict.score_videos`` around the bundle artifact."""
 
     def load_context(self, context: Any) -> None:
+        """Verify and load the bundle once, when MLflow loads the model."""
         from dfdc.package import load_bundle
 
         self.bundle = load_bundle(Path(context.artifacts["bundle"]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        """Score the videos in column ``path``: ``filename``, ``label`` (P(FAKE)), ``status``."""
         from dfdc.predict import score_videos
 
         paths = [Path(p) for p in model_input["path"]]

@@ -18,12 +18,18 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
 
 from dfdc.config import RegistryConfig
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "path")]),
+    outputs=Schema([ColSpec("string", "filename"), ColSpec("double", "label"), ColSpec("string", "status")]),
+)
 
 
 def tracking_uri(cfg: RegistryConfig) -> str:
@@ -115,6 +121,7 @@ def register_bundle(
             artifacts={"bundle": str(bundle_dir)},
             code_paths=[str(Path(__file__).parent)],
             pip_requirements=[],
+            signature=_SIGNATURE,
         )
     version = mlflow.register_model(info.model_uri, cfg.model_name, tags=dict(tags))
     return int(version.version)

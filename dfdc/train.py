@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.metrics import log_loss
 from scipy.special import expit
+from sklearn.metrics import log_loss
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from dfdc.demo_data import DemoSpec
+
 app = typer.Typer(help="Deepfake video detection pipeline (DFDC style).", no_args_is_help=True)
 Params = Annotated[str, typer.Option("--params", "-p", help="params.yaml to read")]
 
@@ -26,22 +28,25 @@ def main() -> None:
     _quiet_env()
 
 
+_DEMO = DemoSpec()
+
+
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Argument(help="folder to write the DFDC-layout demo into")] = Path("data/raw"),
-    chunks: int = 2,
-    originals_per_chunk: int = 6,
-    fakes_per_original: int = 3,
-    test_videos: int = 12,
-    width: int = 320,
-    height: int = 240,
-    duration: float = 2.0,
-    fps: int = 15,
-    seed: int = 0,
+    chunks: int = _DEMO.chunks,
+    originals_per_chunk: int = _DEMO.originals_per_chunk,
+    fakes_per_original: int = _DEMO.fakes_per_original,
+    test_videos: int = _DEMO.test_videos,
+    width: int = _DEMO.width,
+    height: int = _DEMO.height,
+    duration: float = _DEMO.duration,
+    fps: int = _DEMO.fps,
+    seed: int = _DEMO.seed,
     force: Annotated[bool, typer.Option(help="rewrite even if OUT already holds data")] = False,
 ) -> None:
     """Generate DFDC-layout chunks, test videos and a sample submission from real face photos."""
-    from dfdc.demo_data import DemoSpec, generate_demo_data
+    from dfdc.demo_data import generate_demo_data
 
     if out.is_dir() and any(out.iterdir()) and not force:
         typer.echo(f"{out} already holds data; keeping it (use --force to regenerate)")
@@ -103,6 +108,7 @@ def predict(
     model: Annotated[str, typer.Option(help="bundle folder or models:/name@alias")] = "dist/submission",
     out: Annotated[Path, typer.Option(help="CSV to write")] = Path("submission.csv"),
     sample_submission: Annotated[Path | None, typer.Option(help="row order to follow")] = None,
+    params: Params = "params.yaml",
 ) -> None:
     """Write `filename,label` (P(FAKE)) for every video; failures get the fallback and a reason."""
     import pandas as pd
@@ -113,10 +119,11 @@ def predict(
     if model.startswith("models:/"):
         import tempfile
 
-        from dfdc.config import RegistryConfig
+        from dfdc.config import load_params
         from dfdc.registry import download_model_bundle
 
-        bundle_dir = download_model_bundle(RegistryConfig(), model, Path(tempfile.mkdtemp()) / "bundle")
+        registry = load_params(params).registry
+        bundle_dir = download_model_bundle(registry, model, Path(tempfile.mkdtemp()) / "bundle")
     else:
         bundle_dir = Path(model)
     bundle = load_bundle(bundle_dir)

@@ -7,7 +7,6 @@ import json
 import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from scipy.special import expit
 
 from dfdc.calibrate import Calibration
 from dfdc.config import load_params

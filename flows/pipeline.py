@@ -17,7 +17,7 @@ from flows.validate import validate_flow
 
 @flow(name="pipeline")
 def pipeline_flow(params_path: str = "params.yaml") -> State | None:
-    """validate -> extract -> split -> train -> calibrate -> evaluate -> promote -> package."""
+    """Validate -> extract -> split -> train -> calibrate -> evaluate -> promote -> package."""
     state = validate_flow(params_path, return_state=True)
     if state.is_failed():
         return Failed(message=state.message)

@@ -22,7 +22,8 @@ from dfdc.registry import Decision, promote, register_bundle
 
 def eval_fingerprint(test: pd.DataFrame) -> str:
     """Identity of the evaluation set: its videos and labels, order-free."""
-    rows = sorted(f"{c}/{f}:{lab}" for c, f, lab in test[["chunk", "filename", "label"]].itertuples(index=False))
+    columns = test[["chunk", "filename", "label"]].itertuples(index=False)
+    rows = sorted(f"{chunk}/{name}:{label}" for chunk, name, label in columns)
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
@@ -33,7 +34,8 @@ def rescorer(params: Params, test: pd.DataFrame):  # noqa: ANN201
         bundle = load_bundle(bundle_dir)
         paths = [params.data.raw_dir / c / f for c, f in test[["chunk", "filename"]].itertuples(index=False)]
         scores = score_videos(bundle, paths)
-        return video_metrics(labels_to_int(test["label"]), scores["label"], bundle.calibration.fallback)["logloss"]
+        labels = labels_to_int(test["label"])
+        return video_metrics(labels, scores["label"], bundle.calibration.fallback)["logloss"]
 
     return rescore
 

@@ -14,6 +14,7 @@ from dfdc.provenance import dvc_hash, git_commit
 from dfdc.registry import log_artifact, log_metrics, training_run
 from dfdc.train import TrainResult, train
 
+
 @task
 def fit(params: Params, run_id: str) -> TrainResult:
     """Train on the `train` subset, select on the `calib` subset's video log loss."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -246,19 +245,11 @@ def test_interrupted_write_is_not_a_finished_video(
     assert not index["crop_file"].str.contains("tmp").any()
 
 
-_IS_FRESH_BUG = (
-    "bug: extract._is_fresh catches (OSError, ValueError, KeyError) but np.load raises "
-    "zipfile.BadZipFile on a truncated .npz and EOFError on an empty one, so the chunk crashes"
-)
-
-
 @pytest.mark.parametrize(
     "damage",
     [
-        pytest.param(
-            "truncated", marks=pytest.mark.xfail(strict=True, raises=zipfile.BadZipFile, reason=_IS_FRESH_BUG)
-        ),
-        pytest.param("empty", marks=pytest.mark.xfail(strict=True, raises=EOFError, reason=_IS_FRESH_BUG)),
+        "truncated",
+        "empty",
         "random",
     ],
 )
@@ -290,12 +281,6 @@ def test_corrupt_npz_is_redone_not_trusted(
     assert len(faces.crops) == extracted.statuses.set_index("video").at[video, "n_crops"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="bug: extract._write_tables indexes statuses['video'] on a column-less DataFrame "
-    "when the chunk lists no video (KeyError: 'video')",
-)
 def test_empty_chunk_gives_empty_tables(extract_cfg: ExtractConfig, tmp_path: Path) -> None:
     chunk = tmp_path / "dfdc_train_part_9"
     chunk.mkdir()
