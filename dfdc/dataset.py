@@ -31,6 +31,9 @@ def train_transforms() -> v2.Compose:
         [
             v2.RandomHorizontalFlip(),
             v2.RandomAffine(degrees=8, translate=(0.05, 0.05), scale=(0.95, 1.05)),
+            # Global colour varies between real cameras; the cue is a face that
+            # disagrees with its surroundings, so jitter the whole crop alike.
+            v2.ColorJitter(brightness=0.25, contrast=0.2, saturation=0.3, hue=0.06),
             v2.RandomGrayscale(p=0.05),
         ]
     )

@@ -49,7 +49,7 @@ class DemoSpec:
     """Size and shape of a demo dataset; the defaults generate in seconds."""
 
     chunks: int = 2
-    originals_per_chunk: int = 10  # REAL videos per chunk
+    originals_per_chunk: int = 12  # REAL videos per chunk
     fakes_per_original: int = 3  # FAKE videos made from each real (=> 75% fake, DFDC ~81%)
     test_videos: int = 12  # unlabeled videos in test_videos/ (~50/50 real/fake)
     width: int = 320

@@ -12,7 +12,7 @@ import pandas as pd
 
 from dfdc.config import SplitConfig
 
-SUBSETS = ("train", "calib", "test")
+SUBSETS = ("train", "val", "calib", "test")
 
 
 def groups(meta: pd.DataFrame) -> pd.Series:
@@ -21,7 +21,7 @@ def groups(meta: pd.DataFrame) -> pd.Series:
 
 
 def assign_splits(meta: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
-    """``meta`` with ``group`` and ``subset`` columns (train / calib / test).
+    """``meta`` with ``group`` and ``subset`` columns (train / val / calib / test).
 
     ``subset`` is ours; DFDC's own ``split`` column is left as shipped.
 
@@ -32,7 +32,11 @@ def assign_splits(meta: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     sizes = out.groupby("group").size()
     order = sizes.index.to_numpy()[np.random.default_rng(cfg.seed).permutation(len(sizes))]
     total = len(out)
-    bounds = (("test", cfg.test * total), ("calib", (cfg.test + cfg.calib) * total))
+    bounds = (
+        ("test", cfg.test * total),
+        ("calib", (cfg.test + cfg.calib) * total),
+        ("val", (cfg.test + cfg.calib + cfg.val) * total),
+    )
     subset_of: dict[str, str] = {}
     filled = 0
     for group in order:

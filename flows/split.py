@@ -1,4 +1,4 @@
-"""Stage `split`: train / calib / test, grouped by original video."""
+"""Stage `split`: train / val / calib / test, grouped by original video."""
 
 from __future__ import annotations
 

@@ -17,11 +17,11 @@ from dfdc.train import TrainResult, train
 
 @task
 def fit(params: Params, run_id: str) -> TrainResult:
-    """Train on the `train` subset, select on the `calib` subset's video log loss."""
+    """Train on the `train` subset, select on the `val` subset's video log loss."""
     splits = pd.read_parquet(params.data.splits)
     index = read_index(params.data.faces_dir, sorted(splits["chunk"].unique()))
     train_split = load_subset(params.data.faces_dir, index, splits, "train")
-    val_split = load_subset(params.data.faces_dir, index, splits, "calib")
+    val_split = load_subset(params.data.faces_dir, index, splits, "val")
     print(f"train crops {len(train_split.labels)}, validation crops {len(val_split.labels)}")
     return train(
         train_split, val_split, params.model, params.extract, params.train,

@@ -10,7 +10,7 @@ import yaml
 from dfdc.demo_data import DemoSpec, generate_demo_data
 
 TINY = DemoSpec(
-    chunks=2, originals_per_chunk=3, fakes_per_original=3, test_videos=4,
+    chunks=2, originals_per_chunk=4, fakes_per_original=3, test_videos=4,
     width=160, height=120, duration=1.0, fps=10, seed=1,
 )  # fmt: skip
 
@@ -20,7 +20,7 @@ def tiny_params(root: Path) -> dict:
     params = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())
     params["extract"].update(frames_per_video=4, crop_size=64)
     params["train"].update(epochs=2, batch_size=16)
-    params["split"].update(calib=0.3, test=0.3)
+    params["split"].update(val=0.15, calib=0.2, test=0.2)
     return params
 
 

@@ -84,7 +84,7 @@ def test_shares_are_met_by_videos(meta: pd.DataFrame, cfg: SplitConfig) -> None:
     held_out = counts["test"] + counts["calib"]
     assert (cfg.test + cfg.calib) * total <= held_out < (cfg.test + cfg.calib) * total + largest
     # Roughly the configured shares (within one largest group either way).
-    for name, share in (("test", cfg.test), ("calib", cfg.calib)):
+    for name, share in (("test", cfg.test), ("calib", cfg.calib), ("val", cfg.val)):
         assert abs(counts[name] / total - share) <= largest / total
 
 
