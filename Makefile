@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: install
 	dfdc demo-data data/raw
+	# registered the way a user's DFDC chunk is: one .dvc per chunk (then `dvc push` shares them)
+	dfdc add-chunk data/raw/dfdc_train_part_*/
+	dvc add --quiet data/raw/test_videos data/raw/sample_submission.csv
 	dvc repro
 	@echo; echo "metrics:"; cat reports/metrics.json
 

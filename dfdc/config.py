@@ -7,6 +7,7 @@ stage reads its knobs from here, so DVC's params tracking sees them all.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +29,7 @@ class DataConfig(Strict):
     faces_dir: Path = Path("data/faces")
     splits: Path = Path("data/splits.parquet")
     scores: Path = Path("data/scores.parquet")
+    frame_scores: Path = Path("data/frame_scores.parquet")  # one row per scored crop
     name_pattern: str = r"^[a-z]{10}\.mp4$"
 
     def chunk_dirs(self) -> list[Path]:
@@ -42,6 +44,10 @@ class ValidateConfig(Strict):
     fake_share_min: float = Field(0.3, ge=0, le=1)
     fake_share_max: float = Field(0.95, ge=0, le=1)
     report_dir: Path = Path("reports/validation")
+    # Face-index suite: how far (share of the frame side) a detector box may overhang the
+    # frame; MTCNN boxes of faces cut by the edge overhang a little, the crop clips them.
+    face_box_overhang: float = Field(0.1, ge=0)
+    faces_report_dir: Path = Path("reports/faces_validation")
 
 
 class SplitConfig(Strict):
@@ -55,6 +61,9 @@ class SplitConfig(Strict):
     calib: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
+    # k >= 2 also numbers k folds by chunk (the DFDC winners' cross-validation): a family
+    # takes the fold of its original's chunk, so folds never split a family either.
+    folds: int = Field(0, ge=0)
 
 
 class ExtractConfig(Strict):
@@ -73,6 +82,13 @@ class ExtractConfig(Strict):
     max_faces: int = Field(2, ge=1)
     margin: float = Field(1 / 3, ge=0)
     crop_size: int = Field(96, ge=16)
+    detect_every: int = Field(4, ge=1)  # detect on every k-th sampled frame, interpolate between
+    max_people: int = Field(2, ge=1)  # face tracks kept per video, strongest first
+    reuse_originals: bool = True  # fakes take the boxes of their original (pixel-aligned in DFDC)
+    # How extraction runs, not what it produces (left out of the output fingerprint):
+    workers: int = Field(2, ge=1)  # local processes, one torch thread each
+    dask_address: str | None = None  # a Dask scheduler: run the videos on that cluster instead
+    video_retries: int = Field(1, ge=0)  # unexpected errors of one video, retried in place
 
 
 class ModelConfig(Strict):
@@ -90,28 +106,68 @@ class TrainConfig(Strict):
     epochs: int = Field(12, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
+    warmup: float = Field(0.2, gt=0, lt=1)  # share of the steps spent warming up (one-cycle)
     weight_decay: float = Field(1e-4, ge=0)
     label_smoothing: float = Field(0.05, ge=0, lt=0.5)
     grad_clip: float = Field(1.0, gt=0)
+    augment: bool = True  # the winners' augmentation (dfdc.augment); off for ablations
+    cutout_p: float = Field(0.3, ge=0, le=1)  # share of crops with eyes, nose or mouth blanked
+    patience: int | None = Field(None, ge=1)  # epochs without a better val log loss before stopping
+    amp: bool = True  # mixed precision, on CUDA only
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     num_workers: int = Field(0, ge=0)
     threads: int = Field(0, ge=0)
     seed: int = 0
-    checkpoint: Path = Path("models/checkpoint.pt")
+    checkpoint: Path = Path("models/checkpoint.pt")  # best epoch; the resumable state sits beside it
     run_file: Path = Path("models/run.json")  # the MLflow run later stages log into
 
 
-class CalibrateConfig(Strict):
-    """Temperature scaling and the probability clip the DFDC log loss rewards."""
+class AggregateConfig(Strict):
+    """How a video's frame logits become one video logit (saved with the calibration).
 
+    ``mean`` averages logits; ``confident`` is the DFDC winner's rule on frame
+    probabilities: if more than ``fake_min_share`` of the frames *and* more than
+    ``fake_min_count`` frames score above ``fake_threshold``, average those; else if more
+    than ``real_min_share`` score below ``real_threshold``, average those; else average
+    all. ``person_max`` scores each person (``person_strategy``) and keeps the most fake.
+    """
+
+    strategy: Literal["mean", "confident", "person_max"] = "mean"
+    fake_threshold: float = Field(0.8, gt=0, lt=1)
+    fake_min_share: float = Field(0.4, ge=0, le=1)  # the winner's ``n // 2.5``
+    fake_min_count: int = Field(11, ge=0)  # the winner's 11 (of 32 frames)
+    real_threshold: float = Field(0.2, gt=0, lt=1)
+    real_min_share: float = Field(0.9, ge=0, le=1)
+    person_strategy: Literal["mean", "confident"] = "mean"
+
+
+class CalibrateConfig(Strict):
+    """Temperature scaling and the probability clip the DFDC log loss rewards.
+
+    ``temperature_prior_sd`` shrinks log T towards 0 (T = 1) with a Gaussian prior of that
+    standard deviation (a MAP fit): on a small calib subset the plain fit chases a few
+    videos, on a large one the prior fades. ``null`` fits by log loss alone.
+    """
+
+    temperature_prior_sd: float | None = Field(0.5, gt=0)
     clip_min: float = Field(0.01, gt=0, lt=0.5)
     clip_max: float = Field(0.99, gt=0.5, lt=1)
     output: Path = Path("models/calibration.json")
 
 
 class EvaluateConfig(Strict):
-    """Where the video-level metrics land (flat keys for ``dvc metrics diff``)."""
+    """Where the video-level metrics land (flat keys for ``dvc metrics diff``) and how they are cut.
+
+    ``kinds`` is an optional CSV (``chunk``, ``filename``, ``kind``) naming each video's
+    manipulation; real DFDC has none, the demo writes one. A missing file is no error.
+    """
 
     metrics: Path = Path("reports/metrics.json")
+    plots_dir: Path = Path("reports/plots")
+    ece_bins: int = Field(15, ge=2)
+    recall_levels: tuple[float, ...] = (0.9,)
+    histogram_bins: int = Field(20, ge=2)
+    kinds: Path | None = Path("data/raw/demo_manifest.csv")
 
 
 class RegistryConfig(Strict):
@@ -133,6 +189,25 @@ class PackageConfig(Strict):
     summary: Path = Path("reports/submission.json")
 
 
+class RetrainConfig(Strict):
+    """The scheduled retraining deployment."""
+
+    deployment: str = "scheduled-retrain"
+    cron: str = "0 3 * * 1"  # Mondays 03:00
+    sync: Literal["none", "pull"] = "none"  # `pull`: fetch chunks from the DVC remote first
+
+
+class ReportConfig(Strict):
+    """The exploratory report: how much it samples (kept small, it is for eyes, not stats)."""
+
+    out: Path = Path("reports/eda.html")
+    videos: int = Field(4, ge=1)  # per label, for the frame grid and the detector comparison
+    frames: int = Field(3, ge=1)  # frames per sampled video
+    pairs: int = Field(3, ge=1)  # fake-vs-original pairs and face-crop pairs
+    top_originals: int = Field(10, ge=1)
+    seed: int = 0
+
+
 class Params(Strict):
     """The whole of ``params.yaml``."""
 
@@ -142,10 +217,13 @@ class Params(Strict):
     extract: ExtractConfig = ExtractConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    aggregate: AggregateConfig = AggregateConfig()
     calibrate: CalibrateConfig = CalibrateConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     package: PackageConfig = PackageConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    report: ReportConfig = ReportConfig()
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -69,14 +69,30 @@ class FaceDetector:
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in an RGB frame, most probable first, at most ``max_faces``, ``prob >= min_prob``."""
-        height, width = image.shape[:2]
+        return self.detect_many([image])[0]
+
+    def detect_many(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """``detect`` for frames of one size: one batch on a GPU, frame by frame on a CPU.
+
+        On a CPU a batch is slower than a loop (MTCNN pads every frame's pyramid alike);
+        on a GPU one batch keeps the device busy.
+        """
+        if not images:
+            return []
+        height, width = images[0].shape[:2]
         scale = detector_scale(width, height)
-        small = image
-        if scale != 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-            small = cv2.resize(image, size, interpolation=interp)
-        boxes, probs, points = self._mtcnn.detect(small, landmarks=True)
+        smalls = [_resize(image, scale) for image in images]
+        if self.device == "cpu" or len(smalls) == 1:
+            results = [self._mtcnn.detect(small, landmarks=True) for small in smalls]
+        else:
+            boxes, probs, points = self._mtcnn.detect(np.stack(smalls), landmarks=True)
+            results = list(zip(boxes, probs, points, strict=True))
+        return [self._faces(*result, scale) for result in results]
+
+    def _faces(
+        self, boxes: np.ndarray | None, probs: np.ndarray, points: np.ndarray, scale: float
+    ) -> list[Face]:
+        """MTCNN's arrays in frame pixels, filtered by ``min_prob``, capped at ``max_faces``."""
         if boxes is None:
             return []
         faces = [
@@ -90,6 +106,16 @@ class FaceDetector:
         ]
         faces.sort(key=lambda f: f.prob, reverse=True)
         return faces[: self.cfg.max_faces]
+
+
+def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+    """The detector's input: area averaging down, bilinear up."""
+    if scale == 1.0:
+        return image
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interp)
 
 
 def crop_face(image: np.ndarray, box: tuple[float, ...], margin: float, size: int) -> np.ndarray:
@@ -115,3 +141,25 @@ def crop_face(image: np.ndarray, box: tuple[float, ...], margin: float, size: in
     y0, x0 = (size - new_h) // 2, (size - new_w) // 2
     out[y0 : y0 + new_h, x0 : x0 + new_w] = resized
     return out
+
+
+def crop_transform(
+    box: tuple[float, ...], margin: float, size: int, frame_shape: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, offset)`` mapping frame points into ``crop_face``'s crop: ``xy * scale + offset``.
+
+    The same arithmetic as ``crop_face``, so landmarks land on the pixels they marked
+    (cv2.resize's pixel-centre convention). Without ``frame_shape`` (h, w) only the
+    left/top edge clips the margin, which is exact unless it leaves the frame right or below.
+    """
+    height, width = frame_shape if frame_shape is not None else (1 << 30, 1 << 30)
+    x1, y1, x2, y2 = box
+    pad_w, pad_h = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = max(int(x1 - pad_w), 0), max(int(y1 - pad_h), 0)
+    right, bottom = min(int(x2 + pad_w), width), min(int(y2 + pad_h), height)
+    w, h = max(right - left, 1), max(bottom - top, 1)
+    scale = size / max(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    s = np.array([new_w / w, new_h / h])
+    start = np.array([(size - new_w) // 2, (size - new_h) // 2])
+    return s, start - np.array([left, top]) * s + 0.5 * s - 0.5

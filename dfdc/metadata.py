@@ -66,8 +66,12 @@ def _json_type(value: object) -> str:
 
 def _load(path: Path) -> Any:
     """Parse the file, turning every I/O and syntax failure into a MetadataError."""
-    if not path.parent.is_dir():
+    if not path.parent.exists():
         raise MetadataError(path, "chunk folder does not exist")
+    if not path.parent.is_dir():
+        raise MetadataError(path, "chunk path is a file, not a folder")
+    if path.is_dir():
+        raise MetadataError(path, "is a directory, not a file")
     if not path.is_file():
         raise MetadataError(path, "file does not exist")
     try:
@@ -83,6 +87,10 @@ def _load(path: Path) -> Any:
         raise MetadataError(path, reason) from err
     except _DuplicateKeyError as err:
         raise MetadataError(path, f"duplicate key {err.args[0]!r}") from err
+    except RecursionError as err:  # json recurses per nesting level
+        raise MetadataError(path, "JSON nested too deeply to parse") from err
+    except ValueError as err:  # e.g. an integer literal beyond Python's digit limit
+        raise MetadataError(path, f"invalid JSON value: {err}") from err
 
 
 def _check_entry(path: Path, name: str, entry: Any) -> tuple[str, str, str | None]:

@@ -1,15 +1,20 @@
-"""The offline submission bundle: weights, the whole protocol, a model card, checksums.
+"""The offline submission bundle: weights, the whole protocol, its code, a model card, checksums.
 
 Weights are safetensors and the protocol is JSON, so loading a bundle runs no
-pickled code; every file's SHA-256 is checked before anything is loaded.
+pickled code. The bundle also carries the dfdc source files prediction runs on, an
+entry point (``predict.py``) and exact requirement pins, so it scores videos with
+nothing but itself and a fresh environment. Every file's SHA-256 is checked before
+anything is loaded, and a file the checksums do not list is refused too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -22,6 +27,10 @@ WEIGHTS = "model.safetensors"
 PROTOCOL = "protocol.json"
 CARD = "MODEL_CARD.md"
 CHECKSUMS = "checksums.json"
+ENTRY = "predict.py"
+REQUIREMENTS = "requirements.txt"
+CODE = "code"  # the vendored ``dfdc`` package: code/dfdc/*.py
+REQUIRED = (WEIGHTS, PROTOCOL, CARD)  # bundles written before the entry point still load
 
 
 class BundleError(Exception):
@@ -50,39 +59,76 @@ def build_bundle(
     metrics: dict[str, float],
     out_dir: Path,
     extra: dict[str, str] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a self-describing bundle into ``out_dir`` and return it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write a self-describing, self-running bundle into ``out_dir`` (replacing a bundle there)."""
+    _clear(out_dir)
     save_file({k: v.contiguous() for k, v in checkpoint.state_dict.items()}, out_dir / WEIGHTS)
     protocol = {
         "model": checkpoint.model.model_dump(mode="json"),
         "extract": checkpoint.extract.model_dump(mode="json"),
         "preprocess": asdict(checkpoint.preprocess),
-        "aggregation": "mean_logit",
-        "calibration": asdict(calibration),
+        "aggregation": calibration.aggregation,
+        "calibration": calibration.scalars(),
         "metrics": metrics,
         "provenance": extra or {},
+        "training": training or {},
     }
     (out_dir / PROTOCOL).write_text(json.dumps(protocol, indent=2) + "\n")
     (out_dir / CARD).write_text(_model_card(protocol))
-    files = [WEIGHTS, PROTOCOL, CARD]
-    checksums = {name: _sha256(out_dir / name) for name in files}
+    _write_code(out_dir)
+    checksums = {name: _sha256(out_dir / name) for name in _bundle_files(out_dir)}
     (out_dir / CHECKSUMS).write_text(json.dumps(checksums, indent=2) + "\n")
     return out_dir
 
 
+def _clear(out_dir: Path) -> None:
+    """Start from an empty folder; refuse to empty one that is not a bundle."""
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / CHECKSUMS).is_file():
+            raise BundleError(f"{out_dir}: not empty and not a dfdc bundle; refusing to overwrite")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_code(out_dir: Path) -> None:
+    """The entry point, the dfdc source files it runs on, and their exact requirements."""
+    from dfdc import _standalone
+
+    files, third_party = _standalone.module_closure()
+    package = out_dir / CODE / _standalone.PACKAGE
+    package.mkdir(parents=True)
+    for path in files:
+        shutil.copyfile(path, package / path.name)
+    shutil.copyfile(Path(__file__).with_name("_bundle_main.py"), out_dir / ENTRY)
+    (out_dir / REQUIREMENTS).write_text(_standalone.requirements_text(third_party))
+
+
+def _bundle_files(bundle_dir: Path) -> list[str]:
+    """Every file of the bundle except the checksums themselves, as relative POSIX paths."""
+    return sorted(
+        p.relative_to(bundle_dir).as_posix()
+        for p in bundle_dir.rglob("*")
+        if p.is_file() and p != bundle_dir / CHECKSUMS
+    )
+
+
 def verify_bundle(bundle_dir: Path) -> dict[str, str]:
-    """Raise ``BundleError`` naming the first missing or altered file."""
+    """Raise ``BundleError`` naming the first missing, altered or unlisted file."""
     sums_path = bundle_dir / CHECKSUMS
     if not sums_path.is_file():
         raise BundleError(f"{bundle_dir}: no {CHECKSUMS}; not a dfdc bundle")
     checksums: dict[str, str] = json.loads(sums_path.read_text())
-    for name in (WEIGHTS, PROTOCOL, CARD):
+    for name in sorted(set(REQUIRED) | set(checksums)):
         path = bundle_dir / name
         if not path.is_file():
             raise BundleError(f"{path}: missing from bundle")
         if checksums.get(name) != _sha256(path):
             raise BundleError(f"{path}: checksum mismatch; the file was altered")
+    unlisted = sorted(set(_bundle_files(bundle_dir)) - set(checksums))
+    if unlisted:
+        raise BundleError(f"{bundle_dir / unlisted[0]}: not listed in {CHECKSUMS}; the bundle was altered "
+                          "(keep outputs and environments outside the bundle folder)")
     return checksums
 
 
@@ -99,7 +145,7 @@ def load_bundle(bundle_dir: Path) -> Bundle:
         model_cfg=model_cfg,
         extract=ExtractConfig.model_validate(protocol["extract"]),
         preprocess=Preprocess(tuple(pre["mean"]), tuple(pre["std"])),
-        calibration=Calibration(**protocol["calibration"]),
+        calibration=Calibration.from_protocol(protocol),
         metrics=protocol["metrics"],
     )
 
@@ -107,6 +153,7 @@ def load_bundle(bundle_dir: Path) -> Bundle:
 def _model_card(protocol: dict) -> str:
     metrics = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(protocol["metrics"].items()))
     provenance = "\n".join(f"- {k}: {v}" for k, v in sorted(protocol["provenance"].items()))
+    training = "\n".join(f"- {k}: {v}" for k, v in sorted(protocol["training"].items())) or "- not recorded"
     ext = protocol["extract"]
     return f"""# dfdc detector
 
@@ -126,6 +173,25 @@ usable face gets {protocol["calibration"]["fallback"]:.3f}.
 ## Provenance
 
 {provenance}
+
+## Training parameters
+
+{training}
+
+## How to run it
+
+Needs only this folder and the packages of `{REQUIREMENTS}` (exact pins; Python and platform in
+its first line); no network, no MLflow, no pipeline. Keep the environment and the outputs
+outside this folder:
+
+```bash
+python -m venv ~/dfdc-env && ~/dfdc-env/bin/pip install -r <bundle>/{REQUIREMENTS}
+~/dfdc-env/bin/python <bundle>/{ENTRY} <folder of .mp4 | video> --out submission.csv \\
+    [--sample-submission sample_submission.csv] [--details details.json]
+```
+
+`{ENTRY}` checks every file against `{CHECKSUMS}` first and refuses an altered, missing or
+unlisted one. It runs the dfdc source files in `{CODE}/`, the same ones the pipeline ran.
 
 ## Intended use and limits
 

@@ -84,6 +84,11 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = No
             client.log_metric(run_id, key, float(value), step=step or 0)
 
 
+def log_table(run_id: str, table: Any, artifact_file: str) -> None:
+    """A DataFrame as an MLflow table artifact (JSON; MLflow appends if the file exists)."""
+    MlflowClient(mlflow.get_tracking_uri()).log_table(run_id, data=table, artifact_file=artifact_file)
+
+
 def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
     """A file or folder into the run's artifacts."""
     client = MlflowClient(mlflow.get_tracking_uri())
@@ -103,6 +108,7 @@ class Decision:
     candidate_logloss: float
     champion_version: int | None
     champion_logloss: float | None
+    manual: bool = False  # a forced promotion (``dfdc promote --version N --force``), not the rule
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable, for ``reports/promotion.json``."""
@@ -112,15 +118,20 @@ class Decision:
 def register_bundle(
     cfg: RegistryConfig, run_id: str, bundle_dir: Path, tags: Mapping[str, str]
 ) -> int:
-    """Log the bundle as a pyfunc model of the run and register it; returns the version."""
+    """Log the bundle as a pyfunc model of the run and register it; returns the version.
+
+    The model's requirements are the bundle's exact pins (MLflow adds itself), so
+    ``mlflow models serve`` can also build its own environment from them.
+    """
     connect(cfg)
+    requirements = bundle_dir / "requirements.txt"
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="detector",
             python_model=str(PYFUNC_FILE),
             artifacts={"bundle": str(bundle_dir)},
             code_paths=[str(Path(__file__).parent)],
-            pip_requirements=[],
+            pip_requirements=str(requirements) if requirements.is_file() else [],
             signature=_SIGNATURE,
         )
     version = mlflow.register_model(info.model_uri, cfg.model_name, tags=dict(tags))
@@ -175,6 +186,40 @@ def promote(
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, str(version))
     return _record(client, name, decision)
+
+
+def force_promote(cfg: RegistryConfig, version: int, reason: str = "") -> Decision:
+    """Make ``version`` the champion regardless of the rule, recorded as a manual override.
+
+    The version's ``promotion`` tag says so and ``manual_override`` is set, so the
+    registry never shows a forced champion as one that won on log loss.
+    """
+    client = connect(cfg)
+    name = cfg.model_name
+    target = client.get_model_version(name, str(version))  # raises if there is no such version
+    current = _champion(client, name)
+    champ_v = int(current.version) if current is not None else None
+    champ_ll = _tag_float(current, "logloss") if current is not None else None
+    why = "manual override (--force)" + (f", replacing champion v{champ_v}" if champ_v else "")
+    decision = Decision(
+        version, True, why + (f": {reason}" if reason else ""),
+        _tag_float(target, "logloss"), champ_v, champ_ll, manual=True,
+    )  # fmt: skip
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(version), "manual_override", "true")
+    return _record(client, name, decision)
+
+
+def version_tags(cfg: RegistryConfig, version: int) -> dict[str, str]:
+    """The tags of one registered version (log loss, fingerprint, decisions ...)."""
+    return dict(connect(cfg).get_model_version(cfg.model_name, str(version)).tags)
+
+
+def _tag_float(version: Any, key: str) -> float:
+    try:
+        return float(version.tags[key])
+    except (KeyError, ValueError):
+        return float("nan")
 
 
 def _record(client: MlflowClient, name: str, decision: Decision) -> Decision:

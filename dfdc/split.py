@@ -23,7 +23,8 @@ def groups(meta: pd.DataFrame) -> pd.Series:
 def assign_splits(meta: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     """``meta`` with ``group`` and ``subset`` columns (train / val / calib / test).
 
-    ``subset`` is ours; DFDC's own ``split`` column is left as shipped.
+    ``subset`` is ours; DFDC's own ``split`` column is left as shipped. With
+    ``cfg.folds >= 2`` a ``fold`` column numbers folds by chunk (:func:`chunk_folds`).
 
     Groups are shuffled with the seed and taken in order until each held-out split
     holds its share of videos, so shares are met by videos, not by groups.
@@ -42,4 +43,20 @@ def assign_splits(meta: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     for group in order:
         subset_of[group] = next((name for name, bound in bounds if filled < bound), "train")
         filled += int(sizes[group])
-    return out.assign(subset=out["group"].map(subset_of))
+    out = out.assign(subset=out["group"].map(subset_of))
+    return out.assign(fold=chunk_folds(out, cfg.folds)) if cfg.folds >= 2 else out
+
+
+def chunk_folds(meta: pd.DataFrame, k: int) -> pd.Series:
+    """Fold (0..k-1) of each video by chunk, as the DFDC winners cross-validated.
+
+    Chunks in sorted order take folds round-robin; a family takes the fold of the chunk
+    holding its original (the REAL), so a fake in another chunk still sits with its source.
+    ``meta`` needs ``group`` (see :func:`groups`).
+    """
+    chunks = sorted(meta["chunk"].unique())
+    fold_of_chunk = {chunk: i % k for i, chunk in enumerate(chunks)}
+    home = meta[meta["filename"] == meta["group"]].drop_duplicates("group").set_index("group")["chunk"]
+    fallback = meta.groupby("group")["chunk"].min()  # original not listed: validation reports it
+    family_chunk = meta["group"].map(home).fillna(meta["group"].map(fallback))
+    return family_chunk.map(fold_of_chunk).astype("int64")

@@ -13,8 +13,10 @@ Great Expectations is imported lazily: it is slow to import and only this stage 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +39,7 @@ DATASET = "*"  # `chunk` of dataset-level violations (they belong to no single c
 UNSAFE_NAME = r"[/\\]|\.\.|^[A-Za-z]:|[\x00-\x1f\x7f]"
 _UNSAFE_NAME_RE = re.compile(UNSAFE_NAME)
 _INDEX = ["chunk", "filename"]
+DOCS_SITE = "dfdc"  # the Data Docs site GX builds under the report folder
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class ValidationReport:
     n_videos: int
     fake_share: float
     violations: tuple[Violation, ...]
+    title: str = "Metadata validation"
 
     @property
     def ok(self) -> bool:
@@ -73,14 +77,12 @@ class ValidationReport:
     def summary_line(self) -> str:
         """One sentence: verdict, size and class balance."""
         verdict = "OK" if self.ok else f"FAILED with {len(self.violations)} violation(s)"
-        return (
-            f"{verdict}: {len(self.chunks)} chunk(s), {self.n_videos} listed video(s), "
-            f"fake share {self.fake_share:.3f}."
-        )
+        share = "" if math.isnan(self.fake_share) else f", fake share {self.fake_share:.3f}"
+        return f"{verdict}: {len(self.chunks)} chunk(s), {self.n_videos} listed video(s){share}."
 
     def to_markdown(self) -> str:
         """Render a chunk | file | rule | detail table under a summary line."""
-        lines = ["# Metadata validation", "", f"**{self.summary_line()}**", ""]
+        lines = [f"# {self.title}", "", f"**{self.summary_line()}**", ""]
         if self.ok:
             lines.append("No violations.")
         else:
@@ -99,7 +101,7 @@ class ValidationReport:
             "ok": self.ok,
             "n_chunks": len(self.chunks),
             "n_videos": self.n_videos,
-            "fake_share": self.fake_share,
+            "fake_share": None if math.isnan(self.fake_share) else self.fake_share,
             "n_violations": len(self.violations),
             "violations_by_rule": self.rule_counts(),
             "chunks": list(self.chunks),
@@ -131,7 +133,7 @@ def probe_video(path: Path) -> str | None:
                 return "no video stream"
             if next(container.decode(video=0), None) is None:
                 return "no frame could be decoded"
-    except (av.FFmpegError, OSError, ValueError) as err:  # decoder says: not a video
+    except Exception as err:
         return f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}"
     return None
 
@@ -189,7 +191,10 @@ def _probe_files(frame: pd.DataFrame, workers: int) -> pd.DataFrame:
     ]
     for i, path in todo:
         exists[i] = path.is_file()
-        size[i] = path.stat().st_size if exists[i] else -1
+        try:
+            size[i] = path.stat().st_size if exists[i] else -1
+        except OSError:  # vanished or unreadable between the two calls: counts as missing
+            exists[i] = False
     to_open = [(i, path) for i, path in todo if size[i] > 0]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         errors = list(pool.map(probe_video, [path for _, path in to_open]))
@@ -369,31 +374,87 @@ def _raised(result: Any) -> str | None:
     return None
 
 
-def _run_suite(
-    frame: pd.DataFrame, cfg: ValidateConfig, name_pattern: str, check_share: bool
-) -> list[Violation]:
-    """Evaluate the whole contract in one GX run and map every failure back to a Violation."""
+def _import_gx() -> Any:
+    """Import Great Expectations quietly and offline (slow: only validation pays for it)."""
     os.environ["GX_ANALYTICS_ENABLED"] = "False"  # offline: never phone home
     with warnings.catch_warnings():
         # GX 1.24 imports the deprecated `sre_constants`; not ours to fix, not worth a warning.
         warnings.simplefilter("ignore", DeprecationWarning)
         import great_expectations as gx
-        import great_expectations.expectations as gxe
-        from great_expectations.data_context.types.base import ProgressBarsConfig
+    return gx
+
+
+def _gx_validate(
+    frame: pd.DataFrame,
+    suite_name: str,
+    expectations: list[Any],
+    index_columns: list[str],
+    docs_dir: Path | None,
+) -> list[Any]:
+    """Run ``expectations`` over ``frame`` in an ephemeral GX context; return GX's results.
+
+    With ``docs_dir`` the run goes through a Checkpoint whose UpdateDataDocsAction renders
+    GX's own Data Docs site (static HTML, built offline) into that folder, replacing any
+    previous site so it shows this run only.
+    """
+    gx = _import_gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     batch_def = (
         context.data_sources.add_pandas("dfdc")
-        .add_dataframe_asset("metadata")
+        .add_dataframe_asset(suite_name)
         .add_batch_definition_whole_dataframe("all_chunks")
     )
+    suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": index_columns}
+    batch_parameters = {"dataframe": frame}
+    if docs_dir is None:
+        batch = batch_def.get_batch(batch_parameters=batch_parameters)
+        return list(batch.validate(suite, result_format=result_format).results)
+
+    docs_dir = Path(docs_dir).resolve()
+    shutil.rmtree(docs_dir, ignore_errors=True)
+    site = {
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    }
+    context.add_data_docs_site(DOCS_SITE, site)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=suite_name, data=batch_def, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=suite_name,
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
+            result_format=result_format,
+        )
+    )
+    outcome = checkpoint.run(batch_parameters=batch_parameters)
+    return [r for run in outcome.run_results.values() for r in run.results]
+
+
+def _run_suite(
+    frame: pd.DataFrame,
+    cfg: ValidateConfig,
+    name_pattern: str,
+    check_share: bool,
+    docs_dir: Path | None = None,
+) -> list[Violation]:
+    """Evaluate the whole contract in one GX run and map every failure back to a Violation."""
+    gxe = _import_gx().expectations
+
     rules = _rules(cfg, name_pattern)
     details = {rule: detail for rule, _, detail in rules}
-    suite = gx.ExpectationSuite(name="dfdc_metadata")
+    expectations = []
     for rule, expectation, _ in rules:
         expectation.meta = {"rule": rule}
-        suite.add_expectation(expectation)
+        expectations.append(expectation)
     if check_share:
         share = gxe.ExpectColumnMeanToBeBetween(
             column="is_fake",
@@ -402,17 +463,15 @@ def _run_suite(
             row_condition=_flag("listed", True),
             meta={"rule": "fake_share"},
         )
-        suite.add_expectation(share)
+        expectations.append(share)
 
     # Paths are for probing only; GX fingerprints the frame, so hand it plain values.
-    batch = batch_def.get_batch(batch_parameters={"dataframe": frame.drop(columns=["dir"])})
-    results = batch.validate(
-        suite,
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": _INDEX},
+    results = _gx_validate(
+        frame.drop(columns=["dir"]), "dfdc_metadata", expectations, _INDEX, docs_dir
     )
     rows = {(r["chunk"], r["filename"]): r for r in frame.to_dict("records")}
     violations: list[Violation] = []
-    for result in results.results:
+    for result in results:
         rule = result.expectation_config.meta["rule"]
         error = _raised(result)
         if error is not None:
@@ -446,12 +505,14 @@ def validate_chunks(
     cfg: ValidateConfig,
     name_pattern: str,
     workers: int | None = None,
+    docs_dir: Path | None = None,
 ) -> ValidationReport:
     """Run the metadata suite over every chunk at once and return EVERY violation.
 
     An unreadable metadata.json (or a missing chunk folder) is itself a violation and the
     other chunks are still checked. ``workers`` threads decode first frames (default: up to
-    8), since opening every video dominates the run time on real chunks.
+    8), since opening every video dominates the run time on real chunks. With ``docs_dir``,
+    GX's Data Docs (HTML) of the run are built there.
     """
     chunk_dirs = [Path(d) for d in chunk_dirs]
     chunks = tuple(d.name for d in chunk_dirs)
@@ -465,7 +526,11 @@ def validate_chunks(
                 Violation(chunk_dir.name, METADATA_FILE, "metadata_readable", err.reason)
             )
             continue
-        rows += _chunk_rows(chunk_dir, meta)
+        try:
+            rows += _chunk_rows(chunk_dir, meta)
+        except OSError as err:
+            detail = f"chunk folder cannot be listed ({err.strerror or err})"
+            violations.append(Violation(chunk_dir.name, METADATA_FILE, "chunk_listable", detail))
 
     columns = ["chunk", "dir", "filename", "label", "split", "original", "listed"]
     frame = pd.DataFrame(rows, columns=columns).astype(
@@ -482,7 +547,7 @@ def validate_chunks(
         workers = workers if workers is not None else min(8, os.cpu_count() or 1)
         frame = _link_originals(_probe_files(frame, workers))
         # A mean over no rows is undefined; has_videos already reports that case.
-        violations += _run_suite(frame, cfg, name_pattern, check_share=n_videos > 0)
+        violations += _run_suite(frame, cfg, name_pattern, n_videos > 0, docs_dir)
 
     order = {name: i for i, name in reversed(list(enumerate(chunks)))}
     violations.sort(key=lambda v: (order.get(v.chunk, len(order)), v.file, v.rule))
@@ -497,3 +562,177 @@ def write_report(report: ValidationReport, out_dir: Path) -> Path:
     summary.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     (out_dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")
     return summary
+
+
+# --------------------------------------------------------------------------- the face index
+
+FACE_INDEX = ["chunk", "file", "key"]
+
+
+def _frame_size(path: Path) -> tuple[float, float]:
+    """(width, height) from the video header; NaN when the header cannot be read."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return float("nan"), float("nan")
+        return float(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), float(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        cap.release()
+
+
+def _face_rows(
+    chunk_dir: Path, out_dir: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Violation]]:
+    """Video rows and crop rows of one chunk's face index (plus unreadable-table violations)."""
+    from dfdc.extract import INDEX_FILE, VIDEOS_FILE
+
+    chunk = chunk_dir.name
+    try:
+        videos = pd.read_parquet(out_dir / VIDEOS_FILE)
+        index = pd.read_parquet(out_dir / INDEX_FILE)
+    except Exception as err:
+        detail = f"face index cannot be read ({type(err).__name__}: {err})"
+        return [], [], [Violation(chunk, INDEX_FILE, "faces_readable", detail)]
+    try:
+        listed = list(read_metadata(chunk_dir)["filename"])
+    except MetadataError:
+        listed = list(videos["video"])  # the metadata suite reports that file
+    recorded = dict(zip(videos["video"], videos.to_dict("records"), strict=True))
+    video_rows = []
+    for name in dict.fromkeys([*listed, *recorded]):
+        rec = recorded.get(name, {})
+        status = rec.get("status")
+        n_crops = int(rec.get("n_crops", 0) or 0)
+        video_rows.append(
+            {
+                "chunk": chunk, "file": name, "key": name, "kind": "video",
+                "recorded": name in recorded, "status": status, "n_crops": n_crops,
+                "accounted": (status == "ok" and n_crops > 0)
+                or (isinstance(status, str) and status not in ("", "ok")),
+            }
+        )  # fmt: skip
+    sizes: dict[str, tuple[float, float]] = {}
+    has_size = {"width", "height"} <= set(index.columns)
+    crop_rows = []
+    for r in index.to_dict("records"):
+        if has_size:
+            width, height = float(r["width"]), float(r["height"])
+        else:
+            if r["video"] not in sizes:
+                sizes[r["video"]] = _frame_size(chunk_dir / str(r["video"]))
+            width, height = sizes[r["video"]]
+        crop_rows.append(
+            {
+                "chunk": chunk, "file": r["video"], "key": f"{r['video']}@{r['frame']}#{r['face']}",
+                "kind": "crop", "prob": float(r["prob"]),
+                "box": (float(r["x1"]), float(r["y1"]), float(r["x2"]), float(r["y2"])),
+                "width": width, "height": height,
+            }
+        )  # fmt: skip
+    return video_rows, crop_rows, []
+
+
+def _box_in_frame(box: tuple[float, ...], width: float, height: float, overhang: float) -> bool:
+    """A proper box (x1 < x2, y1 < y2) inside the frame, give or take ``overhang`` of its sides.
+
+    MTCNN returns boxes that overhang the frame for faces cut by its edge; the crop policy
+    clips them, so a small overhang is fine while a box far outside is a bug upstream.
+    """
+    x1, y1, x2, y2 = box
+    dx, dy = overhang * width, overhang * height
+    return bool(
+        x1 < x2 and y1 < y2 and x1 >= -dx and y1 >= -dy and x2 <= width + dx and y2 <= height + dy
+    )
+
+
+def validate_faces(
+    chunk_dirs: Sequence[Path],
+    faces_dir: Path,
+    cfg: ValidateConfig,
+    docs_dir: Path | None = None,
+) -> ValidationReport:
+    """The face-index suite after extraction, every violation at once.
+
+    Every video of a chunk has crops or a recorded reason (``status``); every detector
+    probability lies in [0, 1]; every box lies inside its frame (``width``/``height`` from
+    the index when it has them, else from the video header).
+    """
+    video_rows: list[dict[str, Any]] = []
+    crop_rows: list[dict[str, Any]] = []
+    violations: list[Violation] = []
+    for chunk_dir in map(Path, chunk_dirs):
+        videos, crops, errors = _face_rows(chunk_dir, Path(faces_dir) / chunk_dir.name)
+        video_rows += videos
+        crop_rows += crops
+        violations += errors
+    columns = ["chunk", "file", "key", "kind", "recorded", "status", "n_crops", "accounted",
+               "prob", "box", "width", "height"]  # fmt: skip
+    frame = pd.DataFrame(video_rows + crop_rows, columns=columns)
+    frame["in_frame"] = [
+        _box_in_frame(b, w, h, cfg.face_box_overhang) if k == "crop" else True
+        for k, b, w, h in zip(frame["kind"], frame["box"], frame["width"], frame["height"], strict=True)
+    ]
+    if len(frame):
+        violations += _run_face_suite(frame, docs_dir)
+    is_video = frame["kind"] == "video"
+    return ValidationReport(
+        chunks=tuple(Path(d).name for d in chunk_dirs),
+        n_videos=int(is_video.sum()),
+        fake_share=float("nan"),
+        violations=tuple(violations),
+        title="Face index validation",
+    )
+
+
+def _run_face_suite(frame: pd.DataFrame, docs_dir: Path | None) -> list[Violation]:
+    gxe = _import_gx().expectations
+    from great_expectations.expectations.row_conditions import Column
+
+    video, crop = Column("kind") == "video", Column("kind") == "crop"
+    rules: list[tuple[str, Any, Detail]] = [
+        (
+            "faces_video_recorded",
+            gxe.ExpectColumnValuesToBeInSet(column="recorded", value_set=[True], row_condition=video),
+            lambda r: "video of the metadata has no row in videos.parquet",
+        ),
+        (
+            "faces_crops_or_reason",
+            gxe.ExpectColumnValuesToBeInSet(
+                column="accounted", value_set=[True], row_condition=video & _flag("recorded", True)
+            ),
+            lambda r: f"status {r['status']!r} with {r['n_crops']} crop(s): neither crops nor a reason",
+        ),
+        (
+            "faces_prob_range",
+            gxe.ExpectColumnValuesToBeBetween(
+                column="prob", min_value=0, max_value=1, row_condition=crop
+            ),
+            lambda r: f"detector probability {r['prob']} outside [0, 1] ({r['key']})",
+        ),
+        (
+            "faces_box_in_frame",
+            gxe.ExpectColumnValuesToBeInSet(column="in_frame", value_set=[True], row_condition=crop),
+            lambda r: (
+                f"box {tuple(round(v, 1) for v in r['box'])} not inside the "
+                f"{r['width']:.0f}x{r['height']:.0f} frame ({r['key']})"
+            ),
+        ),
+    ]
+    for rule, expectation, _ in rules:
+        expectation.meta = {"rule": rule}
+    details = {rule: detail for rule, _, detail in rules}
+    plain = frame.drop(columns=["box"])
+    results = _gx_validate(plain, "dfdc_faces", [e for _, e, _ in rules], FACE_INDEX, docs_dir)
+    rows = {(r["chunk"], r["file"], r["key"]): r for r in frame.to_dict("records")}
+    violations = []
+    for result in results:
+        rule = result.expectation_config.meta["rule"]
+        error = _raised(result)
+        if error is not None:
+            raise RuntimeError(f"GX could not evaluate rule {rule}: {error}")
+        for hit in result.result.get("unexpected_index_list") or []:
+            row = rows[(hit["chunk"], hit["file"], hit["key"])]
+            violations.append(Violation(row["chunk"], row["file"], rule, details[rule](row)))
+    return violations

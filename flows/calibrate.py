@@ -1,4 +1,4 @@
-"""Stage `calibrate`: score held-out videos, fit temperature on the calib subset only."""
+"""Stage `calibrate`: score held-out crops, aggregate per video, fit temperature on the calib subset only."""
 
 from __future__ import annotations
 
@@ -8,43 +8,50 @@ import numpy as np
 import pandas as pd
 from prefect import flow, task
 
-from dfdc.calibrate import Calibration, fit_calibration
+from dfdc.calibrate import Calibration, calibrate_videos, frame_scores
 from dfdc.config import Params, load_params
 from dfdc.extract import read_index
 from dfdc.metadata import labels_to_int
 from dfdc.model import Checkpoint
-from dfdc.predict import score_stored_crops
 from dfdc.registry import connect, log_metrics
 
 
 @task
-def score_held_out(params: Params) -> pd.DataFrame:
-    """Video logits of the calib and test subsets from their stored crops (NaN: no face)."""
+def score_held_out(params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Frame logits of the calib and test subsets from their stored crops, and those videos."""
     checkpoint = Checkpoint.load(params.train.checkpoint)
     model = checkpoint.build()
     splits = pd.read_parquet(params.data.splits)
     held_out = splits[splits["subset"].isin(["calib", "test"])].reset_index(drop=True)
+    videos = held_out.assign(y=labels_to_int(held_out["label"]))
     index = read_index(params.data.faces_dir, sorted(splits["chunk"].unique()))
-    logits = score_stored_crops(model, checkpoint.preprocess, params.data.faces_dir, index, held_out)
-    return held_out.assign(logit=logits.to_numpy(), y=labels_to_int(held_out["label"]))
+    frames = frame_scores(model, checkpoint.preprocess, params.data.faces_dir, index, videos["filename"])
+    keys = videos[["filename", "subset", "y"]].rename(columns={"filename": "video"})
+    return frames.merge(keys, on="video", how="left"), videos
 
 
 @flow(name="calibrate")
 def calibrate_flow(params_path: str = "params.yaml") -> Calibration:
-    """Write ``data.scores`` and ``calibrate.output``; the test subset is never looked at here."""
+    """Write ``data.frame_scores``, ``data.scores`` and ``calibrate.output``; never fits on test."""
     params = load_params(params_path)
-    scores = score_held_out(params)
-    params.data.scores.parent.mkdir(parents=True, exist_ok=True)
-    scores.to_parquet(params.data.scores, index=False)
-    calib = scores[scores["subset"] == "calib"]
-    cal = fit_calibration(
-        calib["logit"].to_numpy(), calib["y"].to_numpy(),
-        params.calibrate.clip_min, params.calibrate.clip_max,
-    )  # fmt: skip
+    frames, videos = score_held_out(params)
+    c = params.calibrate
+    cal, logits = calibrate_videos(
+        frames, videos, params.aggregate, c.clip_min, c.clip_max, c.temperature_prior_sd
+    )
+    n_crops = frames.groupby("video").size().reindex(videos["filename"]).fillna(0).astype(int)
+    videos = videos.assign(logit=logits.to_numpy(), n_crops=n_crops.to_numpy())
+    for path, table in ((params.data.frame_scores, frames), (params.data.scores, videos)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(path, index=False)
     cal.save(params.calibrate.output)
     run_id = json.loads(params.train.run_file.read_text())["run_id"]
     connect(params.registry)
     log_metrics(run_id, {"temperature": cal.temperature, "fallback_prior": cal.fallback})
+    calib = videos[videos["subset"] == "calib"]
     n_no_face = int(np.isnan(calib["logit"]).sum())
-    print(f"temperature {cal.temperature:.3f} on {len(calib)} videos ({n_no_face} without a face)")
+    print(
+        f"aggregation {params.aggregate.strategy}: temperature {cal.temperature:.3f} "
+        f"on {len(calib)} videos ({n_no_face} without a face)"
+    )
     return cal

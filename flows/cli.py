@@ -14,8 +14,13 @@ app = typer.Typer(help="Deepfake video detection pipeline (DFDC style).", no_arg
 Params = Annotated[str, typer.Option("--params", "-p", help="params.yaml to read")]
 
 
-def _quiet_env() -> None:
-    """No telemetry from any part: the pipeline must run with no network at all."""
+def _runtime_env() -> None:
+    """Set environment defaults every command needs.
+
+    No telemetry from any part (the pipeline must run with no network at all), and
+    patience for Prefect's ephemeral API on a busy machine (its default is 20 s).
+    """
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -25,7 +30,7 @@ def _quiet_env() -> None:
 @app.callback()
 def main() -> None:
     """Deepfake video detection pipeline."""
-    _quiet_env()
+    _runtime_env()
 
 
 _DEMO = DemoSpec()
@@ -74,6 +79,39 @@ def validate(
     typer.echo(state.message)
 
 
+@app.command("add-chunk")
+def add_chunk(
+    paths: Annotated[list[Path], typer.Argument(help="chunk folders (each with metadata.json)")],
+    params: Params = "params.yaml",
+) -> None:
+    """Track each chunk with DVC (one .dvc file per chunk); chunks from elsewhere are copied in."""
+    from dfdc.chunks import ChunkError
+    from dfdc.chunks import add_chunk as add
+    from dfdc.config import load_params
+
+    raw_dir = load_params(params).data.raw_dir
+    failed = False
+    for path in paths:
+        try:
+            added = add(path, raw_dir)
+        except ChunkError as err:
+            typer.echo(f"not added: {err}", err=True)
+            failed = True
+            continue
+        typer.echo(f"{added.path}: {added.n_videos} videos tracked by {added.dvc_file}")
+    if failed:
+        raise typer.Exit(1)
+    typer.echo("Next: git add the .dvc files (and data/raw/.gitignore); `dvc push` to share.")
+
+
+@app.command()
+def report(params: Params = "params.yaml") -> None:
+    """Build the exploratory report (self-contained HTML) over the raw chunks and face index."""
+    from flows.report import report_flow
+
+    report_flow(params)
+
+
 def _stage(name: str) -> None:
     """Register a command that runs one stage's flow."""
 
@@ -87,8 +125,27 @@ def _stage(name: str) -> None:
     app.command(name)(run)
 
 
-for _name in ("extract", "split", "train", "calibrate", "evaluate", "promote", "package"):
+for _name in ("extract", "split", "train", "calibrate", "evaluate", "package"):
     _stage(_name)
+
+
+@app.command()
+def promote(
+    version: Annotated[int | None, typer.Option(help="decide on this registered version instead")] = None,
+    force: Annotated[bool, typer.Option(help="with --version: champion regardless, as an override")] = False,
+    params: Params = "params.yaml",
+) -> None:
+    """Run the `promote` stage; or apply the rule to (or, with --force, promote) one version."""
+    if version is None:
+        if force:
+            raise typer.BadParameter("--force needs --version N", param_hint="--force")
+        from flows.promote import promote_flow
+
+        promote_flow(params)
+        return
+    from flows.promote import promote_version_flow
+
+    promote_version_flow(version, force, params)
 
 
 @app.command()
@@ -102,37 +159,48 @@ def pipeline(params: Params = "params.yaml") -> None:
         raise typer.Exit(1)
 
 
+@app.command("serve-retrain")
+def serve_retrain(params: Params = "params.yaml") -> None:
+    """Serve the scheduled retraining deployment (needs a Prefect server: PREFECT_API_URL)."""
+    from flows.retrain import serve
+
+    serve(params)
+
+
+@app.command()
+def retrain(params: Params = "params.yaml") -> None:
+    """Run the retraining flow once, now (what the schedule triggers)."""
+    from flows.retrain import retrain_flow
+
+    retrain_flow(params)
+
+
 @app.command()
 def predict(
     target: Annotated[Path, typer.Argument(help="a folder of .mp4 files or one video")],
     model: Annotated[str, typer.Option(help="bundle folder or models:/name@alias")] = "dist/submission",
     out: Annotated[Path, typer.Option(help="CSV to write")] = Path("submission.csv"),
     sample_submission: Annotated[Path | None, typer.Option(help="row order to follow")] = None,
+    details: Annotated[
+        Path | None, typer.Option(help="JSON to write: per video, per person, per frame scores and times")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="torch intra-op threads")] = 1,
     params: Params = "params.yaml",
 ) -> None:
     """Write `filename,label` (P(FAKE)) for every video; failures get the fallback and a reason."""
-    import pandas as pd
+    import tempfile
 
-    from dfdc.package import load_bundle
-    from dfdc.predict import list_videos, score_videos, write_submission
+    from dfdc.predict import predict_files
 
-    if model.startswith("models:/"):
-        import tempfile
-
-        from dfdc.config import load_params
-        from dfdc.registry import download_model_bundle
-
-        registry = load_params(params).registry
-        bundle_dir = download_model_bundle(registry, model, Path(tempfile.mkdtemp()) / "bundle")
-    else:
+    with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = Path(model)
-    bundle = load_bundle(bundle_dir)
-    if sample_submission is not None:
-        paths = [target / f for f in pd.read_csv(sample_submission)["filename"]]
-    else:
-        paths = list_videos(target)
-    scores = score_videos(bundle, paths)
-    write_submission(scores, out, sample_submission)
+        if model.startswith("models:/"):
+            from dfdc.config import load_params
+            from dfdc.registry import download_model_bundle
+
+            registry = load_params(params).registry
+            bundle_dir = download_model_bundle(registry, model, Path(tmp) / "bundle")
+        scores = predict_files(bundle_dir, target, out, sample_submission, details, threads=threads)
     for row in scores[scores["status"] != "ok"].itertuples():
         typer.echo(f"{row.filename}: {row.status} {row.detail}".rstrip(), err=True)
     typer.echo(f"{len(scores)} videos scored -> {out}")

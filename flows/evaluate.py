@@ -1,4 +1,4 @@
-"""Stage `evaluate`: video-level metrics on the test subset, beside the constant prior."""
+"""Stage `evaluate`: test-subset metrics beside the constant prior, before and after calibration."""
 
 from __future__ import annotations
 
@@ -10,33 +10,40 @@ from prefect.artifacts import create_markdown_artifact
 
 from dfdc.calibrate import Calibration
 from dfdc.config import load_params
-from dfdc.evaluate import video_metrics
-from dfdc.registry import connect, log_metrics
+from dfdc.evaluate import evaluate_test, summary_keys
+from dfdc.plots import draw_figures, plot_tables, write_plot_data
+from dfdc.registry import connect, log_artifact, log_metrics, log_table
 
 
 @flow(name="evaluate")
 def evaluate_flow(params_path: str = "params.yaml") -> dict[str, float]:
-    """Write ``reports/metrics.json`` (flat keys, for ``dvc metrics diff``) and log it to MLflow."""
+    """Write ``reports/metrics.json`` (flat keys) and the plot data; log both to the training run."""
     params = load_params(params_path)
-    scores = pd.read_parquet(params.data.scores)
+    cfg = params.evaluate
+    videos = pd.read_parquet(params.data.scores)
+    frames = pd.read_parquet(params.data.frame_scores)
     cal = Calibration.load(params.calibrate.output)
-    test = scores[scores["subset"] == "test"]
-    y = test["y"].to_numpy()
-    metrics = video_metrics(y, cal.probability(test["logit"]), prior=cal.fallback)
-    raw = Calibration(1.0, 1e-6, 1 - 1e-6, cal.fallback).probability(test["logit"])
-    metrics["logloss_uncalibrated"] = video_metrics(y, raw, cal.fallback)["logloss"]
-    metrics["temperature"] = cal.temperature
-    metrics["n_no_face"] = int(test["logit"].isna().sum())
-    params.evaluate.metrics.parent.mkdir(parents=True, exist_ok=True)
-    params.evaluate.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+    kinds = pd.read_csv(cfg.kinds) if cfg.kinds is not None and cfg.kinds.is_file() else None
+    clip = (params.calibrate.clip_min, params.calibrate.clip_max)
+    prior_sd = params.calibrate.temperature_prior_sd
+    evaluation = evaluate_test(videos, frames, cal, clip, kinds, cfg.ece_bins, cfg.recall_levels, prior_sd)
+    metrics = {**summary_keys(evaluation.groups), **evaluation.flat("test")}
+    cfg.metrics.parent.mkdir(parents=True, exist_ok=True)
+    cfg.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+    tables = plot_tables(evaluation.test, cfg.ece_bins, cfg.histogram_bins)
+    write_plot_data(tables, cfg.plots_dir)
+    draw_figures(tables, cfg.plots_dir)
+
     run_id = json.loads(params.train.run_file.read_text())["run_id"]
     connect(params.registry)
-    log_metrics(run_id, {f"test_{k}": v for k, v in metrics.items()})
-    table = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
-    create_markdown_artifact(f"| metric | value |\n|---|---|\n{table}", key="metrics")
-    print(
-        f"test videos {metrics['n_videos']}: log loss {metrics['logloss']:.4f} "
-        f"(constant prior {metrics['prior_logloss']:.4f}), AUC {metrics['auc']:.3f}, "
-        f"accuracy {metrics['accuracy']:.3f}"
+    log_metrics(run_id, {f"test_{k}" if "." not in k else k: v for k, v in metrics.items()})
+    strategy = params.aggregate.strategy
+    log_artifact(run_id, cfg.plots_dir, f"evaluation/{strategy}")
+    log_table(run_id, evaluation.table(), f"evaluation/{strategy}/metrics_table.json")
+    create_markdown_artifact(
+        f"**Test videos, aggregation `{strategy}`, temperature {cal.temperature:.3f}**\n\n"
+        + evaluation.markdown(),
+        key="metrics",
     )
+    print(evaluation.markdown())
     return metrics

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from dfdc.config import load_params
 from dfdc.evaluate import video_metrics
 from dfdc.package import load_bundle
-from dfdc.predict import list_videos, score_videos, write_submission
+from dfdc.predict import predict_files
 from dfdc.registry import download_champion_bundle
 
 
@@ -23,12 +23,8 @@ def package_flow(params_path: str = "params.yaml") -> pd.DataFrame:
     version = download_champion_bundle(params.registry, out)
     bundle = load_bundle(out)
     sample = params.data.sample_submission if params.data.sample_submission.is_file() else None
-    if sample is not None:
-        paths = [params.data.test_dir / f for f in pd.read_csv(sample)["filename"]]
-    else:
-        paths = list_videos(params.data.test_dir)
-    scores = score_videos(bundle, paths)
-    write_submission(scores, params.package.submission, sample)
+    # the call behind `dfdc predict` and the bundle's predict.py: the same submission, byte for byte
+    scores = predict_files(out, params.data.test_dir, params.package.submission, sample)
     failed = scores[scores["status"] != "ok"]
     for row in failed.itertuples():
         print(f"{row.filename}: {row.status} {row.detail} -> fallback {row.label:.3f}".rstrip())

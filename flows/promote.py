@@ -17,7 +17,7 @@ from dfdc.metadata import labels_to_int
 from dfdc.model import Checkpoint
 from dfdc.package import build_bundle, load_bundle
 from dfdc.predict import score_videos
-from dfdc.registry import Decision, promote, register_bundle
+from dfdc.registry import Decision, force_promote, promote, register_bundle, version_tags
 
 
 def eval_fingerprint(test: pd.DataFrame) -> str:
@@ -40,6 +40,35 @@ def rescorer(params: Params, test: pd.DataFrame):  # noqa: ANN201
     return rescore
 
 
+TAGGED_METRICS = ("logloss", "auc", "ece", "accuracy", "prior_logloss")
+
+
+def _training_params(params: Params) -> dict[str, str]:
+    """The recipe that made the weights, for the model card (paths left out)."""
+    recipe = {"model": params.model.model_dump(mode="json"), "train": params.train.model_dump(mode="json")}
+    return {
+        f"{section}.{key}": str(value)
+        for section, values in recipe.items()
+        for key, value in values.items()
+        if key not in {"checkpoint", "run_file", "weights_path"}
+    }
+
+
+def _report(params: Params, decision: Decision, write_file: bool) -> None:
+    """The decision as a Prefect artifact (always) and ``reports/promotion.json`` (for the stage)."""
+    if write_file:
+        params.registry.decision.parent.mkdir(parents=True, exist_ok=True)
+        params.registry.decision.write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
+    verdict = "promoted to champion" if decision.promoted else "not promoted"
+    kind = " (MANUAL OVERRIDE)" if decision.manual else ""
+    create_markdown_artifact(
+        f"**{params.registry.model_name} v{decision.version}** {verdict}{kind}: {decision.reason}",
+        key="promotion-override" if decision.manual else "promotion",
+        description="dfdc promote --force" if decision.manual else "promotion rule",
+    )
+    print(f"{params.registry.model_name} version {decision.version} {verdict}{kind}: {decision.reason}")
+
+
 @flow(name="promote")
 def promote_flow(params_path: str = "params.yaml") -> Decision:
     """Bundle, register as a new version of the model, decide, record the decision."""
@@ -52,17 +81,37 @@ def promote_flow(params_path: str = "params.yaml") -> Decision:
     provenance = {**run, "eval_fingerprint": fingerprint}
     bundle_dir = build_bundle(
         Checkpoint.load(params.train.checkpoint), Calibration.load(params.calibrate.output),
-        metrics, params.registry.bundle_dir, provenance,
+        metrics, params.registry.bundle_dir, provenance, training=_training_params(params),
     )  # fmt: skip
-    tags = {k: str(metrics[k]) for k in ("logloss", "auc", "accuracy", "prior_logloss")}
+    tags = {k: str(metrics[k]) for k in TAGGED_METRICS if k in metrics}
     tags.update(provenance)
     version = register_bundle(params.registry, run["run_id"], bundle_dir, tags)
     decision = promote(params.registry, version, metrics["logloss"], fingerprint, rescorer(params, test))
-    params.registry.decision.parent.mkdir(parents=True, exist_ok=True)
-    params.registry.decision.write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
-    verdict = "promoted to champion" if decision.promoted else "not promoted"
-    create_markdown_artifact(
-        f"**{params.registry.model_name} v{version}** {verdict}: {decision.reason}", key="promotion"
-    )
-    print(f"{params.registry.model_name} version {version} {verdict}: {decision.reason}")
+    _report(params, decision, write_file=True)
+    return decision
+
+
+@flow(name="promote-version")
+def promote_version_flow(version: int, force: bool = False, params_path: str = "params.yaml") -> Decision:
+    """Decide on an already registered version: by the rule, or ``force`` d as a recorded override.
+
+    By the rule, the version's own tags (log loss, evaluation fingerprint) are compared
+    with the champion's; a champion from another set is re-evaluated on this one when
+    the project's test split is that set. ``reports/promotion.json`` is the `promote`
+    stage's output and is left alone: the decision lives in the registry and Prefect.
+    """
+    params = load_params(params_path)
+    if force:
+        decision = force_promote(params.registry, version)
+    else:
+        tags = version_tags(params.registry, version)
+        rescore = None
+        if params.data.splits.is_file():
+            splits = pd.read_parquet(params.data.splits)
+            test = splits[splits["subset"] == "test"]
+            if eval_fingerprint(test) == tags.get("eval_fingerprint"):
+                rescore = rescorer(params, test)
+        logloss = float(tags.get("logloss", "inf"))
+        decision = promote(params.registry, version, logloss, tags.get("eval_fingerprint", ""), rescore)
+    _report(params, decision, write_file=False)
     return decision

@@ -19,4 +19,6 @@ def split_flow(params_path: str = "params.yaml") -> pd.DataFrame:
     params.data.splits.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(params.data.splits, index=False)
     print(table.groupby(["subset", "label"]).size().unstack(fill_value=0).to_string())
+    if "fold" in table:
+        print(table.groupby(["fold", "label"]).size().unstack(fill_value=0).to_string())
     return table

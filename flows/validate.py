@@ -9,14 +9,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
 from dfdc.config import load_params
-from dfdc.validation import ValidationReport, validate_chunks, write_report
+from dfdc.validation import ValidationReport, validate_chunks, validate_faces, write_report
+
+DOCS_DIR = "data_docs"  # GX Data Docs site, under validate.report_dir
 
 
 @task
 def run_suite(chunk_dirs: list[Path], params_path: str) -> ValidationReport:
-    """Check every chunk at once; never stops at the first violation."""
+    """Check every chunk at once; never stops at the first violation. Builds the Data Docs."""
     params = load_params(params_path)
-    return validate_chunks(chunk_dirs, params.validate_, params.data.name_pattern)
+    docs_dir = params.validate_.report_dir / DOCS_DIR
+    return validate_chunks(chunk_dirs, params.validate_, params.data.name_pattern, docs_dir=docs_dir)
 
 
 @flow(name="validate")
@@ -27,7 +30,35 @@ def validate_flow(params_path: str = "params.yaml", chunks: list[str] | None = N
     report = run_suite(chunk_dirs, params_path)
     write_report(report, params.validate_.report_dir)
     markdown = report.to_markdown()
+    docs = (params.validate_.report_dir / DOCS_DIR / "index.html").resolve()
+    if docs.is_file():
+        markdown += f"\nGreat Expectations Data Docs: [{docs.name}]({docs.as_uri()})\n"
     create_markdown_artifact(markdown, key="validation", description="metadata contract")
     if not report.ok:
         return Failed(message=markdown)
     return Completed(message=f"{report.n_videos} videos in {len(report.chunks)} chunks pass")
+
+
+class FaceIndexError(RuntimeError):
+    """The face index breaks its contract; the message is the table of violations."""
+
+
+@task
+def check_face_index(params_path: str = "params.yaml") -> ValidationReport:
+    """The face-index suite, run at the end of extraction; raises when a rule is broken.
+
+    Writes ``validate.faces_report_dir`` (summary.json, report.md, Data Docs) and a
+    markdown artifact, so a bad index stops the pipeline before training reads it.
+    """
+    params = load_params(params_path)
+    out = params.validate_.faces_report_dir
+    report = validate_faces(
+        params.data.chunk_dirs(), params.data.faces_dir, params.validate_, docs_dir=out / DOCS_DIR
+    )
+    write_report(report, out)
+    markdown = report.to_markdown()
+    create_markdown_artifact(markdown, key="face-index-validation", description="face index contract")
+    if not report.ok:
+        raise FaceIndexError(markdown)
+    return report
+

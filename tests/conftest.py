@@ -37,7 +37,9 @@ DEMO_SPEC = DemoSpec(
 )
 # Small crops and few frames keep extraction and the models fast; every test that
 # extracts or predicts uses this one record so their crops can be compared.
-EXTRACT_CFG = ExtractConfig(device="cpu", frames_per_video=4, crop_size=32)
+# One process (no pool to spawn per call) and no reuse of originals' tracks, so every crop
+# is detected on its own video exactly as prediction does; reuse is tested on its own.
+EXTRACT_CFG = ExtractConfig(device="cpu", frames_per_video=4, crop_size=32, workers=1, reuse_originals=False)
 
 
 @dataclass(frozen=True)

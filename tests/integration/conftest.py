@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,10 +39,30 @@ def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def workdir(tmp_path: Path, tiny_raw: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project directory holding params.yaml and data/raw; the test runs inside it."""
-    import shutil
-
     shutil.copytree(tiny_raw, tmp_path / "data" / "raw")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path)))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture
+def project(workdir: Path) -> tuple[Path, dict[str, str]]:
+    """The project's DVC graph and code in a new git repo, with the tiny data and params."""
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, workdir / name)
+    shutil.copytree(REPO / ".dvc", workdir / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+    for package in ("dfdc", "flows"):
+        shutil.copytree(REPO / package, workdir / package, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_HOME": str(workdir / ".prefect"),
+        "PYTHONPATH": str(workdir),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
+    return workdir, env

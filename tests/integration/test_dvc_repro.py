@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +11,6 @@ import pytest
 import yaml
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).parents[2]
 STAGES = ("validate", "extract", "split", "train", "calibrate", "evaluate", "promote", "package")
 
 
@@ -26,25 +22,6 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 def ran(log: str) -> set[str]:
     return {s for s in STAGES if f"Running stage '{s}'" in log}
-
-
-@pytest.fixture
-def project(workdir: Path) -> tuple[Path, dict[str, str]]:
-    """The project's DVC graph and code in a new git repo, with the tiny data and params."""
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, workdir / name)
-    shutil.copytree(REPO / ".dvc", workdir / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
-    for package in ("dfdc", "flows"):
-        shutil.copytree(REPO / package, workdir / package, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PREFECT_HOME": str(workdir / ".prefect"),
-        "PYTHONPATH": str(workdir),
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    run(["git", "init", "-q"], workdir, env)
-    return workdir, env
 
 
 def test_repro_runs_every_stage_then_only_what_changed(project: tuple[Path, dict[str, str]]) -> None:

@@ -37,6 +37,12 @@ def test_pipeline_end_to_end(workdir: Path) -> None:
     for key in ("logloss", "auc", "accuracy", "prior_logloss", "n_videos"):
         assert key in metrics
     assert metrics["n_videos"] > 0
+    for key in ("test.logloss", "test.ece", "test.ece_uncalibrated", "test.prior_brier",
+                "test.by_aggregation.confident.logloss", "test.by_aggregation.person_max.logloss"):
+        assert key in metrics, key
+    assert metrics["test.logloss"] == metrics["logloss"]
+    assert Path("reports/plots/reliability_calibrated.csv").is_file()
+    assert pd.read_parquet("data/frame_scores.parquet")["logit"].notna().all()
 
     uri = f"sqlite:///{(workdir / 'mlflow' / 'mlflow.db').resolve()}"
     client = MlflowClient(uri, uri)

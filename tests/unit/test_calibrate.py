@@ -128,3 +128,68 @@ def test_video_logits_ignores_the_series_index() -> None:
     videos = pd.Series(["x", "y", "x"], index=[10, 20, 30])
     got = video_logits(np.array([1.0, 5.0, 3.0]), videos)
     assert got.to_dict() == {"x": 2.0, "y": 5.0}
+
+
+def test_calibration_records_its_aggregation(tmp_path: Path) -> None:
+    from dfdc.config import AggregateConfig
+
+    assert CAL.aggregation == AggregateConfig().model_dump(mode="json")  # default: mean
+    cfg = AggregateConfig(strategy="confident", fake_min_count=4)
+    z, y = _synthetic(2.0, 200, 8)
+    cal = fit_calibration(z, y, 0.01, 0.99, cfg)
+    assert cal.aggregation == cfg.model_dump(mode="json")
+    cal.save(tmp_path / "c.json")
+    assert Calibration.load(tmp_path / "c.json") == cal
+    assert "aggregation" not in cal.scalars()
+    assert set(cal.scalars()) == {"temperature", "clip_min", "clip_max", "fallback"}
+
+
+def test_a_record_without_aggregation_means_mean(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    path.write_text('{"temperature": 1.5, "clip_min": 0.01, "clip_max": 0.99, "fallback": 0.8}')
+    assert Calibration.load(path).aggregation["strategy"] == "mean"
+
+
+def test_from_protocol_reads_the_aggregation_and_old_bundles() -> None:
+    confident = {**CAL.aggregation, "strategy": "confident"}
+    cal = Calibration.from_protocol({"calibration": CAL.scalars(), "aggregation": confident})
+    assert cal.aggregation == confident and cal.temperature == CAL.temperature
+    old = Calibration.from_protocol({"calibration": CAL.scalars(), "aggregation": "mean_logit"})
+    assert old == CAL
+
+
+def test_calibrate_videos_fits_on_the_calib_subset_only() -> None:
+    from dfdc.calibrate import calibrate_videos
+    from dfdc.config import AggregateConfig
+
+    rng = np.random.default_rng(9)
+    names = [f"v{i:03d}.mp4" for i in range(120)]
+    frames = pd.DataFrame(
+        {"video": np.repeat(names, 4), "face": 0, "logit": rng.normal(0, 3, 480)}
+    )
+    y = (rng.random(120) < 0.6).astype(int)
+    videos = pd.DataFrame({"filename": [*names, "noface.mp4"], "subset": ["calib", "test"] * 60 + ["calib"]})
+    videos["y"] = np.append(y, 1)
+    cfg = AggregateConfig(strategy="confident", fake_min_count=1)
+    cal, logits = calibrate_videos(frames, videos, cfg, 0.02, 0.98)
+    assert logits.index.equals(videos.index)
+    assert np.isnan(logits.iloc[-1])  # no frames: NaN, the fallback's job
+    calib = (videos["subset"] == "calib").to_numpy()
+    expected = fit_calibration(logits.to_numpy()[calib], videos["y"].to_numpy()[calib], 0.02, 0.98, cfg)
+    assert cal == expected
+    # Test labels never move it.
+    flipped = videos.assign(y=np.where(videos["subset"] == "test", 1 - videos["y"], videos["y"]))
+    assert calibrate_videos(frames, flipped, cfg, 0.02, 0.98)[0] == cal
+
+
+def test_temperature_prior_pulls_a_small_sample_towards_one_and_fades_with_data() -> None:
+    small_z, small_y = _synthetic(3.0, 30, 10)
+    plain = fit_temperature(small_z, small_y)
+    shrunk = fit_temperature(small_z, small_y, prior_sd=0.5)
+    assert abs(np.log(shrunk)) < abs(np.log(plain))  # pulled towards T = 1
+    assert fit_temperature(small_z, small_y, prior_sd=0.05) == pytest.approx(1.0, abs=0.1)
+    big_z, big_y = _synthetic(3.0, 20000, 11)
+    plain_big = fit_temperature(big_z, big_y)
+    assert fit_temperature(big_z, big_y, prior_sd=0.5) == pytest.approx(plain_big, rel=0.02)
+    # The prior is the argument's: fit_calibration passes it through.
+    assert fit_calibration(small_z, small_y, 0.01, 0.99, prior_sd=0.5).temperature == pytest.approx(shrunk)

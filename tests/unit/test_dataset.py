@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dfdc.dataset import CropDataset, balanced_sampler, load_subset, subset_rows
+from dfdc.dataset import BalancedSampler, CropDataset, balanced_sampler, load_subset, subset_rows
 from dfdc.model import Preprocess, to_input
 from dfdc.train import smooth
 
@@ -19,11 +19,19 @@ if TYPE_CHECKING:
 PRE = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
+def _epochs(sampler: BalancedSampler, n: int) -> list[np.ndarray]:
+    out = []
+    for epoch in range(n):
+        sampler.set_epoch(epoch)
+        out.append(np.fromiter(iter(sampler), dtype=int))
+    return out
+
+
 def test_balanced_sampler_draws_half_reals_from_a_90_percent_fake_set() -> None:
     labels = np.array([1] * 900 + [0] * 100)
     sampler = balanced_sampler(labels, seed=0)
     assert len(sampler) == len(labels)  # an epoch is as long as the data
-    draws = np.concatenate([np.fromiter(iter(sampler), dtype=int) for _ in range(10)])
+    draws = np.concatenate(_epochs(sampler, 10))
     assert len(draws) == 10_000
     assert draws.min() >= 0 and draws.max() < len(labels)
     fake_share = labels[draws].mean()
@@ -39,6 +47,34 @@ def test_balanced_sampler_is_seeded() -> None:
     c = list(balanced_sampler(labels, seed=6))
     assert a == b
     assert a != c
+
+
+def test_balanced_sampler_draws_a_new_epoch_each_epoch_and_repeats_it_on_request() -> None:
+    """Seeded by the epoch, so a resumed run redraws exactly the epoch it lost."""
+    sampler = balanced_sampler(np.array([1] * 80 + [0] * 20), seed=3)
+    first, second = _epochs(sampler, 2)
+    assert not np.array_equal(first, second)
+    sampler.set_epoch(1)
+    np.testing.assert_array_equal(np.fromiter(iter(sampler), dtype=int), second)
+
+
+@pytest.mark.parametrize("n", [100, 101])
+def test_ranks_share_one_balanced_epoch(n: int) -> None:
+    """DistributedSampler semantics: two ranks together draw one epoch, not two."""
+    labels = np.array([1] * (n - 15) + [0] * 15)
+    whole = balanced_sampler(labels, seed=1, rank=0, world_size=1)
+    ranks = [balanced_sampler(labels, seed=1, rank=r, world_size=2) for r in range(2)]
+    for sampler in (whole, *ranks):
+        sampler.set_epoch(4)
+    parts = [np.fromiter(iter(s), dtype=int) for s in ranks]
+    assert [len(p) for p in parts] == [len(s) for s in ranks] == [(n + 1) // 2] * 2
+    interleaved = np.empty(2 * len(parts[0]), dtype=int)
+    interleaved[0::2], interleaved[1::2] = parts
+    if n % 2 == 0:  # divisible: exactly the single-process epoch, split between the ranks
+        np.testing.assert_array_equal(interleaved, np.fromiter(iter(whole), dtype=int))
+    many = np.concatenate([np.concatenate(_epochs(s, 20)) for s in ranks])
+    assert labels[many].mean() == pytest.approx(0.5, abs=0.05)  # each rank's share is balanced too
+    assert labels[np.concatenate(_epochs(ranks[1], 20))].mean() == pytest.approx(0.5, abs=0.06)
 
 
 def test_balanced_sampler_with_one_class() -> None:

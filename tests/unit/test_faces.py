@@ -223,3 +223,15 @@ def test_empty_or_out_of_frame_box_gives_zeros(noise: np.ndarray, box: tuple[flo
     crop = crop_face(noise, box, 0.0, 32)
     assert crop.shape == (32, 32, 3)
     assert not crop.any()
+
+
+def test_detect_many_equals_detect_frame_by_frame(
+    default_detector: FaceDetector, astronaut: np.ndarray
+) -> None:
+    blank = np.full_like(astronaut, 128)
+    frames = [astronaut, blank, np.ascontiguousarray(astronaut[:, ::-1])]
+    many = default_detector.detect_many(frames)
+    assert [len(f) for f in many] == [1, 0, 1]
+    for image, faces in zip(frames, many, strict=True):
+        assert faces == default_detector.detect(image)
+    assert default_detector.detect_many([]) == []

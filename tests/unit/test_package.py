@@ -15,7 +15,10 @@ from dfdc.model import predict_logits
 from dfdc.package import (
     CARD,
     CHECKSUMS,
+    CODE,
+    ENTRY,
     PROTOCOL,
+    REQUIREMENTS,
     WEIGHTS,
     BundleError,
     build_bundle,
@@ -44,10 +47,35 @@ def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_bundle_has_its_files_and_checksums(bundle_dir: Path) -> None:
-    assert {p.name for p in bundle_dir.iterdir()} == {WEIGHTS, PROTOCOL, CARD, CHECKSUMS}
+    top = {WEIGHTS, PROTOCOL, CARD, CHECKSUMS, ENTRY, REQUIREMENTS, CODE}
+    assert {p.name for p in bundle_dir.iterdir()} == top
     sums = json.loads((bundle_dir / CHECKSUMS).read_text())
-    assert set(sums) == {WEIGHTS, PROTOCOL, CARD}
+    files = {p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file()}
+    assert set(sums) == files - {CHECKSUMS}  # every file, vendored code included
+    assert {"code/dfdc/predict.py", "code/dfdc/faces.py", "code/dfdc/package.py"} <= set(sums)
     assert verify_bundle(bundle_dir) == sums
+
+
+def test_vendored_code_is_the_projects_own_source(bundle_dir: Path) -> None:
+    import dfdc
+
+    source = Path(dfdc.__file__).parent
+    vendored = sorted((bundle_dir / CODE / "dfdc").glob("*.py"))
+    assert {p.name for p in vendored} >= {"__init__.py", "config.py", "video.py", "extract.py", "model.py"}
+    assert "pyfunc_model.py" not in {p.name for p in vendored}  # no MLflow, no Prefect inside
+    for path in vendored:
+        assert path.read_bytes() == (source / path.name).read_bytes()
+        assert "import mlflow" not in path.read_text() and "import prefect" not in path.read_text()
+
+
+def test_requirements_pin_the_installed_versions(bundle_dir: Path) -> None:
+    from importlib.metadata import version
+
+    lines = [ln for ln in (bundle_dir / REQUIREMENTS).read_text().splitlines() if not ln.startswith("#")]
+    pins = dict(line.split("==") for line in lines)
+    for name in ("torch", "torchvision", "timm", "facenet-pytorch", "opencv-python-headless", "safetensors"):
+        assert pins[name] == version(name)
+    assert not {"mlflow", "prefect", "dvc"} & set(pins)
 
 
 def test_protocol_and_card_describe_the_model(bundle_dir: Path, untrained_checkpoint: Checkpoint) -> None:
@@ -110,7 +138,38 @@ def test_edited_model_card_is_refused(bundle_copy: Path) -> None:
         verify_bundle(bundle_copy)
 
 
-@pytest.mark.parametrize("name", [WEIGHTS, PROTOCOL, CARD])
+@pytest.mark.parametrize("name", ["code/dfdc/faces.py", ENTRY, REQUIREMENTS])
+def test_edited_code_or_requirements_are_refused(bundle_copy: Path, name: str) -> None:
+    path = bundle_copy / name
+    path.write_text(path.read_text().replace("0", "1", 1) + "\n# patched\n")
+    with pytest.raises(BundleError, match=f"{name}: checksum mismatch"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("name", ["code/dfdc/numpy.py", "sitecustomize.py", "notes.txt"])
+def test_unlisted_file_is_refused(bundle_copy: Path, name: str) -> None:
+    (bundle_copy / name).write_text("print('hello')\n")
+    with pytest.raises(BundleError, match=f"{name}: not listed in {CHECKSUMS}"):
+        load_bundle(bundle_copy)
+
+
+def test_a_planted_bytecode_cache_is_refused(bundle_copy: Path) -> None:
+    """Python would run a matching .pyc instead of the checksummed source."""
+    cache = bundle_copy / CODE / "dfdc" / "__pycache__"
+    cache.mkdir()
+    (cache / "faces.cpython-311.pyc").write_bytes(b"\0" * 16)
+    with pytest.raises(BundleError, match=r"faces\.cpython-311\.pyc: not listed"):
+        verify_bundle(bundle_copy)
+
+
+def test_building_into_a_foreign_folder_is_refused(tmp_path: Path, untrained_checkpoint: Checkpoint) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(BundleError, match="not a dfdc bundle"):
+        build_bundle(untrained_checkpoint, CAL, METRICS, tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("name", [WEIGHTS, PROTOCOL, CARD, "code/dfdc/video.py"])
 def test_missing_file_is_refused_by_name(bundle_copy: Path, name: str) -> None:
     (bundle_copy / name).unlink()
     with pytest.raises(BundleError, match=name):

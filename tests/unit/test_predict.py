@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -194,4 +198,86 @@ def test_write_submission_refuses_unscored_sample_videos(
     out = tmp_path / "submission.csv"
     with pytest.raises(FileNotFoundError, match=sample["filename"].iloc[0]):
         write_submission(partial, out, demo.sample_submission)
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------- details and the bundle's own entry point
+
+
+def test_details_give_every_frame_of_every_person_with_time_codes(
+    bundle: Bundle, inputs: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    from dfdc.aggregate import video_logit
+    from dfdc.faces import FaceDetector
+    from dfdc.predict import write_details
+
+    good = inputs["good"][0]
+    scores = score_videos(bundle, [good, inputs["bad"][1]], progress=False, details=True)
+    out = tmp_path / "details.json"
+    write_details(scores, out)
+    ok, missing = json.loads(out.read_text())
+    assert ok["filename"] == good.name and ok["status"] == "ok"
+    assert ok["label"] == pytest.approx(scores.loc[0, "label"])
+    frames = [f for person in ok["persons"] for f in person["frames"]]
+    assert len(frames) == scores.loc[0, "n_faces"]
+    assert sorted(f["logit"] for f in frames) == pytest.approx(sorted(
+        predict_logits(bundle.model, faces_of_video(good, FaceDetector(bundle.extract), bundle.extract).crops,
+                       bundle.preprocess).tolist()), rel=1e-5)  # fmt: skip
+    assert ok["fps"] == pytest.approx(10.0)  # the demo videos' rate
+    for f in frames:
+        assert f["time"] == pytest.approx(f["frame"] / ok["fps"], abs=1e-3)
+        assert CAL.clip_min <= f["label"] <= CAL.clip_max and len(f["box"]) == 4
+    for person in ok["persons"]:  # the bundle's aggregation over that person's frames alone
+        logits = np.array([f["logit"] for f in person["frames"]])
+        z = video_logit(logits, None, bundle.calibration.aggregation)
+        expected = np.clip(expit(z / CAL.temperature), CAL.clip_min, CAL.clip_max)
+        assert person["label"] == pytest.approx(expected, rel=1e-5)
+    assert missing == {
+        "filename": "missingvid.mp4", "label": pytest.approx(CAL.fallback), "status": "missing",
+        "detail": "", "fps": None, "persons": [],
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bundle_alone(untrained_checkpoint: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle copied alone into a fresh folder."""
+    built = build_bundle(untrained_checkpoint, CAL, {"logloss": 0.5}, tmp_path_factory.mktemp("b") / "b")
+    return Path(shutil.copytree(built, tmp_path_factory.mktemp("elsewhere") / "submission"))
+
+
+def _run_entry(bundle_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # -I: no PYTHONPATH, no user site, no current directory on sys.path
+    cmd = [sys.executable, "-I", str(bundle_dir / "predict.py"), *args, "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread, as in conftest: a shared 2-core machine
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
+
+
+def test_bundle_entry_point_scores_like_the_library(
+    bundle_alone: Path, demo: Demo, tmp_path: Path
+) -> None:
+    out, details = tmp_path / "sub.csv", tmp_path / "details.json"
+    sample_csv = str(demo.sample_submission)
+    proc = _run_entry(
+        bundle_alone, str(demo.test_dir), "--out", str(out), "--sample-submission", sample_csv,
+        "--details", str(details),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    written = pd.read_csv(out)
+    sample = pd.read_csv(demo.sample_submission)
+    assert written["filename"].tolist() == sample["filename"].tolist()
+    paths = [demo.test_dir / f for f in sample["filename"]]
+    want = score_videos(load_bundle(bundle_alone), paths, progress=False)
+    np.testing.assert_allclose(written["label"], want["label"], rtol=1e-5)
+    assert [d["filename"] for d in json.loads(details.read_text())] == sample["filename"].tolist()
+    assert not list(bundle_alone.rglob("__pycache__"))  # the bundle stays as checksummed
+
+
+def test_bundle_entry_point_refuses_altered_code(bundle_alone: Path, demo: Demo, tmp_path: Path) -> None:
+    altered = Path(shutil.copytree(bundle_alone, tmp_path / "altered"))
+    faces = altered / "code" / "dfdc" / "faces.py"
+    faces.write_text(faces.read_text().replace("margin: float", "margin: float = 0.0"))
+    out = tmp_path / "sub.csv"
+    proc = _run_entry(altered, str(demo.test_dir), "--out", str(out))
+    assert proc.returncode == 2
+    assert "refusing to run" in proc.stderr and "faces.py: checksum mismatch" in proc.stderr
     assert not out.exists()

@@ -111,3 +111,42 @@ def test_no_champion_is_a_clear_error(cfg: RegistryConfig, tmp_path: Path) -> No
     connect(cfg)
     with pytest.raises(LookupError, match="champion"):
         download_champion_bundle(cfg, tmp_path / "x")
+
+
+def test_forced_promotion_is_recorded_as_a_manual_override(cfg: RegistryConfig, bundle: Path) -> None:
+    from dfdc.registry import force_promote, version_tags
+
+    best = register(cfg, bundle, 0.30, "setA")
+    promote(cfg, best, 0.30, "setA")
+    worse = register(cfg, bundle, 0.70, "setA")
+    assert not promote(cfg, worse, 0.70, "setA").promoted
+
+    decision = force_promote(cfg, worse, "rollback drill")
+    assert decision.promoted and decision.manual
+    assert decision.champion_version == best and decision.candidate_logloss == pytest.approx(0.70)
+    assert aliases(cfg)["champion"] == worse
+    tags = version_tags(cfg, worse)
+    assert tags["manual_override"] == "true"
+    assert tags["promotion"].startswith(f"promoted: manual override (--force), replacing champion v{best}")
+    assert "rollback drill" in tags["promotion"]
+    assert "manual_override" not in version_tags(cfg, best)  # the rule's champion was not forced
+    assert decision.to_dict()["manual"] is True
+
+
+def test_forcing_an_unknown_version_is_an_error(cfg: RegistryConfig, bundle: Path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from dfdc.registry import force_promote
+
+    register(cfg, bundle, 0.30, "setA")
+    with pytest.raises(MlflowException):
+        force_promote(cfg, 99)
+
+
+def test_registered_model_carries_the_bundles_requirements(cfg: RegistryConfig, bundle: Path) -> None:
+    import mlflow
+
+    version = register(cfg, bundle, 0.5, "setA")
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{cfg.model_name}/{version}"))
+    pins = (local / "requirements.txt").read_text()
+    assert "torch==" in pins and "facenet-pytorch==" in pins and "mlflow" in pins

@@ -117,3 +117,17 @@ def test_other_seeds_draw_other_test_families(meta: pd.DataFrame) -> None:
         for s in range(5)
     }
     assert len(test_sets) == 5
+
+
+def test_folds_by_chunk_keep_families_whole(meta: pd.DataFrame) -> None:
+    out = assign_splits(meta, SplitConfig(folds=2))
+    assert set(out["fold"]) == {0, 1}
+    assert (out.groupby("group")["fold"].nunique() == 1).all()
+    # A family's fold is that of its original's chunk, even for fakes stored elsewhere.
+    reals = out[out["label"] == "REAL"].set_index("filename")
+    fakes = out[out["label"] == "FAKE"]
+    moved = fakes[fakes["chunk"].to_numpy() != reals.loc[fakes["original"], "chunk"].to_numpy()]
+    assert len(moved) > 0
+    fold_of_chunk = {c: i % 2 for i, c in enumerate(sorted(out["chunk"].unique()))}
+    assert (moved["fold"].to_numpy() == reals.loc[moved["original"], "chunk"].map(fold_of_chunk)).all()
+    assert "fold" not in assign_splits(meta, SplitConfig()).columns

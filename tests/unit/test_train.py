@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -139,3 +140,160 @@ def test_video_logloss_scores_mean_logits_per_video() -> None:
     means = pd.Series(logits).groupby(videos).mean()
     expected = log_loss([1, 0, 1], expit(means.loc[["a", "b", "c"]].to_numpy()), labels=[0, 1])
     assert video_logloss(logits, labels, videos) == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------- recipe parts
+
+
+def test_train_loader_draws_balanced_batches_from_an_imbalanced_set() -> None:
+    """The loader train() uses: as many reals as fakes although 85% of the crops are fake."""
+    split = _split(40, 2, seed=3)
+    keep = np.r_[np.flatnonzero(split.labels == 1), np.flatnonzero(split.labels == 0)[:7]]
+    imbalanced = Split(split.crops[keep], split.labels[keep], split.videos[keep])
+    assert imbalanced.labels.mean() > 0.7
+    from dfdc.model import Preprocess
+    from dfdc.train import train_loader
+
+    loader = train_loader(imbalanced, Preprocess((0.5,) * 3, (0.5,) * 3), TrainConfig(batch_size=8, seed=0))
+    shares = []
+    for epoch in range(30):
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        shares += [y.mean().item() for _, y in loader]
+    assert np.mean(shares) == pytest.approx(0.5, abs=0.05)
+
+
+def _logit_spread(tmp: Path, smoothing: float) -> float:
+    model_cfg = ModelConfig(name="resnet10t")
+    cfg = TrainConfig(
+        epochs=2, batch_size=16, lr=0.01, label_smoothing=smoothing, augment=False,
+        checkpoint=tmp / f"s{smoothing}" / "checkpoint.pt",
+    )  # fmt: skip
+    val = _split(8, 4, seed=1)
+    train(_split(16, 4, seed=0), val, model_cfg, ExtractConfig(crop_size=SIZE), cfg)
+    ckpt = Checkpoint.load(cfg.checkpoint)
+    return float(np.abs(predict_logits(ckpt.build(), val.crops, ckpt.preprocess)).mean())
+
+
+def test_label_smoothing_keeps_the_logits_modest(tmp_path: Path) -> None:
+    """Targets of 0.275/0.725 pin the optimum at |logit| <= 0.97; hard targets have none."""
+    assert _logit_spread(tmp_path, 0.45) < 0.5 * _logit_spread(tmp_path, 0.0)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(
+    worsening_run: dict, tmp_path: Path
+) -> None:
+    val = _split(8, 4, seed=1)
+    inverted = Split(val.crops, 1 - val.labels, val.videos)
+    cfg = TrainConfig(epochs=6, batch_size=16, patience=1, checkpoint=tmp_path / "checkpoint.pt")
+    result = train(
+        _split(16, 4, seed=0), inverted, ModelConfig(name="resnet10t"), ExtractConfig(crop_size=SIZE), cfg
+    )
+    losses = [m["val_video_logloss"] for m in result.history]
+    assert result.stopped_early
+    assert len(losses) < 6
+    assert min(losses[:-1]) <= losses[-1]  # the last epoch did not improve: that is why it stopped
+    assert Checkpoint.load(cfg.checkpoint).epoch == result.best_epoch
+    assert not (tmp_path / "checkpoint.last.pt").exists()  # finished runs leave nothing to resume
+
+
+# ----------------------------------------------------------------- kill and resume, DDP
+
+JOB = """
+import json, os, signal, sys
+from pathlib import Path
+import numpy as np, torch
+from dfdc.config import ExtractConfig, ModelConfig, TrainConfig
+from dfdc.dataset import Split
+from dfdc.train import train
+
+torch.set_num_threads(1)
+data, cfg_json, out, kill_after = np.load(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+tr = Split(data["tc"], data["tl"], data["tv"], data["tk"])
+va = Split(data["vc"], data["vl"], data["vv"])
+cfg = TrainConfig.model_validate_json(cfg_json)
+
+def on_epoch(epoch, metrics):
+    if epoch == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+res = train(tr, va, ModelConfig(name="resnet10t"), ExtractConfig(crop_size=32), cfg,
+            on_epoch=on_epoch, meta={"run_id": sys.argv[5]})
+if int(os.environ.get("RANK", "0")) == 0 or out.endswith(os.environ.get("RANK", "")):
+    Path(out).write_text(json.dumps({"history": res.history, "best_epoch": res.best_epoch,
+        "resumed_at": res.resumed_at, "meta": res.meta, "rank": int(os.environ.get("RANK", "0"))}))
+"""
+
+
+def _job(tmp: Path, cfg: TrainConfig, kill_after: int, run_id: str, nproc: int = 1) -> tuple[int, Path]:
+    import subprocess
+    import sys
+
+    train_split, val_split = _split(16, 4, seed=0), _split(8, 4, seed=1)
+    landmarks = np.tile(np.array([[10, 12], [22, 12], [16, 17], [11, 23], [21, 23]], np.float32), (64, 1, 1))
+    data = tmp / "data.npz"
+    np.savez(data, tc=train_split.crops, tl=train_split.labels, tv=train_split.videos, tk=landmarks,
+             vc=val_split.crops, vl=val_split.labels, vv=val_split.videos)  # fmt: skip
+    script = tmp / "job.py"
+    script.write_text(JOB)
+    out = tmp / f"out_{run_id}.json"
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    args = [str(script), str(data), cfg.model_dump_json(), str(out), str(kill_after), run_id]
+    proc = subprocess.run(launcher + args, capture_output=True, text=True, timeout=300)
+    if proc.returncode not in (0, -9):
+        raise AssertionError(proc.stderr[-3000:])
+    return proc.returncode, out
+
+
+@pytest.mark.integration  # subprocesses that import torch: ~1 min
+def test_a_killed_run_resumes_without_losing_or_repeating_epochs(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=4, batch_size=16, checkpoint=tmp_path / "models" / "checkpoint.pt")
+    code, out = _job(tmp_path, cfg, kill_after=1, run_id="first")
+    assert code == -9 and not out.exists()  # SIGKILL after epoch 2 of 4
+    last = tmp_path / "models" / "checkpoint.last.pt"
+    assert last.is_file() and cfg.checkpoint.is_file()
+    code, out = _job(tmp_path, cfg, kill_after=-1, run_id="second")
+    assert code == 0
+    resumed = json.loads(out.read_text())
+    assert resumed["resumed_at"] == 2
+    assert len(resumed["history"]) == 4
+    assert resumed["meta"] == {"run_id": "second"}
+    assert not last.exists()
+    ckpt = Checkpoint.load(cfg.checkpoint)
+    losses = [m["val_video_logloss"] for m in resumed["history"]]
+    assert ckpt.epoch == resumed["best_epoch"] == int(np.argmin(losses))
+    # The same run uninterrupted gives the same curve: nothing lost, nothing repeated.
+    fresh = TrainConfig(epochs=4, batch_size=16, checkpoint=tmp_path / "fresh" / "checkpoint.pt")
+    code, out = _job(tmp_path, fresh, kill_after=-1, run_id="fresh")
+    whole = json.loads(out.read_text())
+    assert whole["resumed_at"] is None
+    np.testing.assert_allclose(losses, [m["val_video_logloss"] for m in whole["history"]], rtol=1e-5)
+
+
+@pytest.mark.integration  # subprocesses that import torch: ~1 min
+def test_a_state_of_other_settings_is_not_resumed(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=16, checkpoint=tmp_path / "models" / "checkpoint.pt")
+    assert _job(tmp_path, cfg, kill_after=0, run_id="a")[0] == -9
+    other = cfg.model_copy(update={"lr": 0.001})
+    code, out = _job(tmp_path, other, kill_after=-1, run_id="b")
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["resumed_at"] is None and len(result["history"]) == 3
+
+
+@pytest.mark.integration  # subprocesses that import torch: ~1 min
+def test_two_gloo_processes_train_one_model(tmp_path: Path) -> None:
+    """torchrun with 2 CPU ranks: one epoch split between them, rank 0 alone writes."""
+    cfg = TrainConfig(epochs=2, batch_size=8, checkpoint=tmp_path / "models" / "checkpoint.pt")
+    code, out = _job(tmp_path, cfg, kill_after=-1, run_id="ddp", nproc=2)
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["rank"] == 0 and len(result["history"]) == 2
+    assert sorted(p.name for p in cfg.checkpoint.parent.iterdir()) == ["checkpoint.pt"]
+    ckpt = Checkpoint.load(cfg.checkpoint)
+    val = _split(8, 4, seed=1)
+    logits = predict_logits(ckpt.build(), val.crops, ckpt.preprocess)
+    # The gathered validation equals a single-process evaluation of the saved weights.
+    assert video_logloss(logits, val.labels, val.videos) == pytest.approx(ckpt.val_logloss, rel=1e-4)
+    assert all(m["images_per_second"] > 0 for m in result["history"])

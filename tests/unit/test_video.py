@@ -174,3 +174,91 @@ def test_truncated_faststart_keeps_the_decodable_prefix(demo: Demo, tmp_path: Pa
     assert cut.indices == full.indices[: len(cut.indices)]
     for a, b in zip(cut.images, full.images, strict=False):
         assert np.array_equal(a, b)
+
+
+# ----------------------------------------------------------------- layouts and rates
+
+
+def _write(path: Path, frames: list[np.ndarray], pts: list[int] | None = None, rotation: int = 0) -> Path:
+    """H.264 from RGB frames, optionally with explicit timestamps (ms) and a display rotation."""
+    from fractions import Fraction
+
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if pts is not None:
+            stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = pts[i], Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def _grey(level: int, width: int = 96, height: int = 64) -> np.ndarray:
+    return np.full((height, width, 3), level, np.uint8)
+
+
+def test_skipping_unwanted_frames_changes_no_pixel(demo: Demo) -> None:
+    path = _video(demo)
+    fast = sample_frames(path, 5)
+    plain = sample_frames(path, 5, skip_unwanted=False)
+    assert fast.indices == plain.indices
+    for a, b in zip(fast.images, plain.images, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_variable_frame_rate_is_sampled_by_frame_not_by_time(tmp_path: Path) -> None:
+    # 12 frames with irregular gaps (a burst, then slow); frame i is grey level 20 * i.
+    pts = [0, 10, 20, 30, 40, 400, 800, 1200, 1210, 1220, 2000, 2100]
+    path = _write(tmp_path / "vfr.mp4", [_grey(20 * i) for i in range(12)], pts=pts)
+    frames = sample_frames(path, 4)
+    assert frames.n_frames == 12
+    assert list(frames.indices) == even_indices(12, 4)
+    for index, image in zip(frames.indices, frames.images, strict=True):
+        assert abs(float(image.mean()) - 20 * index) < 4, index  # the right frame, not a neighbour in time
+
+
+def test_rotation_metadata_gives_upright_portrait_frames(tmp_path: Path) -> None:
+    """A phone's portrait clip is stored landscape with a rotation: frames come back upright."""
+    import cv2
+
+    image = _grey(30)
+    image[:10, :20] = 250  # a bright mark in the stored top-left corner
+    path = _write(tmp_path / "rotated.mp4", [image] * 4, rotation=90)
+    frames = sample_frames(path, 2)
+    assert frames.size == (64, 96)  # width, height: portrait
+    assert frames.images[0].shape == (96, 64, 3)
+    # OpenCV applies the same metadata on its own: an independent reference.
+    cap = cv2.VideoCapture(str(path))
+    ok, bgr = cap.read()
+    cap.release()
+    assert ok
+    assert np.abs(frames.images[0].astype(float) - bgr[..., ::-1].astype(float)).mean() < 3
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path: Path) -> None:
+    path = tmp_path / "audio.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=44100, layout="mono")
+        for k in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, k * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with pytest.raises(VideoError) as info:
+        sample_frames(path, 4)
+    assert info.value.reason == "no_video_stream"
+
+
+def test_text_file_is_a_decode_error(tmp_path: Path) -> None:
+    path = tmp_path / "notes.mp4"
+    path.write_text("not a video\n" * 100)
+    with pytest.raises(VideoError) as info:
+        sample_frames(path, 4)
+    assert info.value.reason == "decode_error"

@@ -1,0 +1,221 @@
+"""The registry's champion outside the pipeline: behind `mlflow models serve`, and alone.
+
+A real MLflow SQLite store in a temporary folder, a real model server in a subprocess
+(always stopped), a real new virtual environment, real H.264 demo videos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from dfdc.calibrate import Calibration
+from dfdc.config import RegistryConfig
+from dfdc.package import build_bundle, load_bundle
+from dfdc.predict import list_videos, score_videos
+from dfdc.registry import promote, register_bundle, tracking_uri, training_run
+
+if TYPE_CHECKING:
+    from conftest import Demo
+
+    from dfdc.model import Checkpoint
+
+pytestmark = pytest.mark.integration
+
+STARTUP_TIMEOUT = 240.0  # seconds: importing torch, timm and MLflow on a loaded 2-core machine
+INSTALL_TIMEOUT = 1800  # seconds: torch and its CUDA libraries come from local wheels, the rest from PyPI
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # both sides alike, on a shared 2-core machine
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return int(response.status)
+
+
+@pytest.fixture
+def registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, untrained_checkpoint: Checkpoint
+) -> RegistryConfig:
+    """A store holding one champion: a bundle of the session's (untrained) checkpoint."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = RegistryConfig(db=tmp_path / "mlflow.db", artifacts=tmp_path / "artifacts")
+    bundle = build_bundle(
+        untrained_checkpoint, Calibration(1.5, 0.02, 0.98, 0.7), {"logloss": 0.6}, tmp_path / "bundle"
+    )
+    with training_run(cfg, {}, {}) as run_id:
+        pass
+    version = register_bundle(cfg, run_id, bundle, {"logloss": "0.6", "eval_fingerprint": "x"})
+    assert promote(cfg, version, 0.6, "x").promoted
+    return cfg
+
+
+def _canonical(pin: str) -> str:
+    """``Jinja2==3.1.6`` and ``jinja2==3.1.6`` are one pin (PEP 503 names)."""
+    name, _, version = pin.partition("==")
+    return f"{re.sub(r'[-_.]+', '-', name).lower()}=={version}"
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """Terminate the server's whole process group (uvicorn and its worker), then reap it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sig)
+        try:
+            server.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def test_served_champion_scores_videos(registry: RegistryConfig, demo: Demo, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri(registry),
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "OMP_NUM_THREADS": "1",
+        # MLflow execs `uvicorn` by name: the one of this environment
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/dfdc-detector@champion",
+        "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1", "-w", "1",
+    ]  # fmt: skip
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if _get(f"http://127.0.0.1:{port}/ping") == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, "server did not answer /ping in time"
+            time.sleep(1)
+
+        videos = list_videos(demo.test_dir)
+        missing = tmp_path / "notthere.mp4"
+        body = {"dataframe_split": {"columns": ["path"], "data": [[str(p)] for p in [*videos, missing]]}}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())["predictions"]
+    finally:
+        _stop(server)
+        log.close()
+
+    assert [row["filename"] for row in answer] == [p.name for p in [*videos, missing]]
+    assert answer[-1]["status"] == "missing" and answer[-1]["label"] == pytest.approx(0.7)
+    bundle = load_bundle(Path(tmp_path / "bundle"))
+    want = score_videos(bundle, videos, progress=False)
+    assert [row["status"] for row in answer[:-1]] == want["status"].tolist()
+    assert [row["label"] for row in answer[:-1]] == pytest.approx(want["label"].tolist(), rel=1e-5)
+
+
+def test_bundle_alone_in_a_new_venv_scores_like_dfdc_predict(
+    registry: RegistryConfig, demo: Demo, tmp_path: Path
+) -> None:
+    """Done when: only the bundle and its listed requirements give the same submission."""
+    from dfdc.registry import download_champion_bundle
+
+    uri = tracking_uri(registry)
+    env = {**os.environ, **ONE_THREAD, "MLFLOW_TRACKING_URI": uri}
+    (tmp_path / "params.yaml").write_text("{}\n")
+    via_cli = tmp_path / "cli.csv"
+    dfdc = Path(sys.executable).with_name("dfdc")
+    subprocess.run(
+        [str(dfdc), "predict", str(demo.test_dir), "--model", "models:/dfdc-detector@champion",
+         "--out", str(via_cli), "--sample-submission", str(demo.sample_submission)],
+        cwd=tmp_path, env=env, check=True, timeout=600,
+    )  # fmt: skip
+
+    alone = tmp_path / "elsewhere" / "submission"
+    download_champion_bundle(registry, alone)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-r", str(alone / "requirements.txt")],
+        check=True, timeout=INSTALL_TIMEOUT,
+    )  # fmt: skip
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "freeze", "--all", "--exclude", "pip"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    listed = [ln for ln in (alone / "requirements.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert {_canonical(pin) for pin in installed} == {_canonical(pin) for pin in listed}  # exactly these
+    assert not any(pin.startswith(("mlflow", "prefect", "dfdc")) for pin in installed)
+
+    via_bundle = tmp_path / "bundle.csv"
+    bare_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **ONE_THREAD}
+    proc = subprocess.run(
+        [str(python), "-I", str(alone / "predict.py"), str(demo.test_dir), "--out", str(via_bundle),
+         "--sample-submission", str(demo.sample_submission), "--no-progress"],
+        cwd=tmp_path, env=bare_env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert via_bundle.read_text() == via_cli.read_text()  # the same bytes, not merely close
+    assert len(via_bundle.read_text().splitlines()) == demo.spec.test_videos + 1
+
+
+def test_manual_override_is_recorded_as_such(
+    registry: RegistryConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dfdc promote --version N` applies the rule; with `--force` it overrides it, on record."""
+    import yaml
+    from mlflow import MlflowClient
+    from prefect.testing.utilities import prefect_test_harness
+    from typer.testing import CliRunner
+
+    from dfdc.registry import version_tags
+    from flows.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
+    store = {"db": str(registry.db), "artifacts": str(registry.artifacts)}
+    params.write_text(yaml.safe_dump({"registry": store}))
+    with training_run(registry, {}, {}) as run_id:
+        pass
+    tags = {"logloss": "0.9", "eval_fingerprint": "x"}
+    worse = register_bundle(registry, run_id, tmp_path / "bundle", tags)
+
+    runner = CliRunner()
+    refused = runner.invoke(app, ["promote", "--force", "--params", str(params)])
+    assert refused.exit_code != 0 and "--version" in refused.output
+
+    with prefect_test_harness(server_startup_timeout=120):
+        by_rule = runner.invoke(app, ["promote", "--version", str(worse), "--params", str(params)])
+        assert by_rule.exit_code == 0, by_rule.output
+        assert "not promoted" in version_tags(registry, worse)["promotion"]
+        forced = runner.invoke(app, ["promote", "--version", str(worse), "--force", "--params", str(params)])
+        assert forced.exit_code == 0, forced.output
+    assert f"version {worse} promoted to champion (MANUAL OVERRIDE)" in forced.output
+    tags = version_tags(registry, worse)
+    assert tags["manual_override"] == "true" and tags["promotion"].startswith("promoted: manual override")
+    uri = tracking_uri(registry)
+    champion = MlflowClient(uri, uri).get_model_version_by_alias(registry.model_name, "champion")
+    assert int(champion.version) == worse
