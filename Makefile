@@ -35,4 +35,4 @@ lock: install
 	$(BIN)/pip freeze --exclude-editable --exclude dfdc > constraints.txt
 
 clean-demo:
-	rm -rf data models dist reports submission.csv dvc.lock mlflow/mlflow.db mlflow/artifacts
+	rm -rf data models dist reports dvc_plots submission.csv dvc.lock mlflow/mlflow.db mlflow/artifacts

@@ -201,6 +201,17 @@ def _determinism(on: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
+def _restore_best(path: Path, result: TrainResult, best: Checkpoint) -> None:
+    """Rewrite the best checkpoint when it is not the resumed run's (``dvc repro`` deletes outputs)."""
+    try:
+        current = Checkpoint.load(path)
+        if (current.epoch, current.val_logloss) == (result.best_epoch, result.best_val_logloss):
+            return
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError):
+        pass
+    best.save(path)
+
+
 def _gather_logits(model: nn.Module, crops: np.ndarray, pre: Preprocess, ranks: Ranks) -> np.ndarray:
     """Logits of every crop, each rank scoring every ``world_size``-th one."""
     if ranks.world_size == 1:
@@ -275,6 +286,7 @@ def _fit(
     fp = fingerprint(train_split, val_split, model_cfg, extract_cfg, cfg, ranks.world_size)
     result = TrainResult(best_epoch=-1, best_val_logloss=float("inf"), meta=meta)
     stale, first = 0, 0
+    best_weights: dict[str, torch.Tensor] = {}
     state = read_state(cfg.checkpoint, fp)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -287,7 +299,12 @@ def _fit(
         result.history, stale = [dict(m) for m in state["history"]], int(state["stale"])
         result.meta = {**state["meta"], **meta}
         _set_rng_state(state["rng"][ranks.rank])
+        best_weights = state["best_model"]
         if ranks.main:
+            best = Checkpoint(
+                model_cfg, extract_cfg, pre, best_weights, result.best_epoch, result.best_val_logloss
+            )
+            _restore_best(cfg.checkpoint, result, best)
             for epoch, metrics in enumerate(result.history):
                 on_epoch(epoch, metrics)
     for epoch in range(first, cfg.epochs):
@@ -334,11 +351,10 @@ def _fit(
             dist.all_gather_object(rngs, _rng_state())
         if ranks.main:
             if improved:
+                best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 Checkpoint(
-                    model_cfg, extract_cfg, pre,
-                    {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    epoch, metrics["val_video_logloss"],
-                ).save(cfg.checkpoint)  # fmt: skip
+                    model_cfg, extract_cfg, pre, best_weights, epoch, metrics["val_video_logloss"]
+                ).save(cfg.checkpoint)
             _save_atomic(
                 {
                     "fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
@@ -346,6 +362,7 @@ def _fit(
                     "scaler": scaler.state_dict(), "best_epoch": result.best_epoch,
                     "best_val_logloss": result.best_val_logloss, "stale": stale,
                     "history": result.history, "rng": rngs, "meta": result.meta,
+                    "best_model": best_weights,
                 },
                 last_state_path(cfg.checkpoint),
             )  # fmt: skip

@@ -187,3 +187,16 @@ def test_load_subset_reads_the_crops_of_its_videos(extracted: Extracted) -> None
     train = load_subset(extracted.faces_dir, index, splits, "train")
     assert not set(train.videos) & set(split.videos)
     assert len(train.crops) + len(split.crops) == len(index)
+
+
+def test_load_subset_with_the_margin_maps_landmarks_into_the_crops(extracted: Extracted) -> None:
+    from dfdc.augment import crop_landmarks
+
+    videos = sorted(extracted.index["video"].unique())
+    splits = pd.DataFrame({"chunk": extracted.out_dir.name, "filename": videos, "subset": "train"})
+    plain = load_subset(extracted.faces_dir, extracted.index, splits, "train")
+    assert plain.landmarks is None
+    split = load_subset(extracted.faces_dir, extracted.index, splits, "train", margin=1 / 3)
+    assert split.landmarks is not None and split.landmarks.shape == (len(split.crops), 5, 2)
+    rows = subset_rows(extracted.index, splits, "train")
+    np.testing.assert_allclose(split.landmarks, crop_landmarks(rows, 1 / 3, split.crops.shape[1]))

@@ -253,6 +253,7 @@ def test_a_killed_run_resumes_without_losing_or_repeating_epochs(tmp_path: Path)
     assert code == -9 and not out.exists()  # SIGKILL after epoch 2 of 4
     last = tmp_path / "models" / "checkpoint.last.pt"
     assert last.is_file() and cfg.checkpoint.is_file()
+    cfg.checkpoint.unlink()  # as `dvc repro` deletes a stage's outputs before running it
     code, out = _job(tmp_path, cfg, kill_after=-1, run_id="second")
     assert code == 0
     resumed = json.loads(out.read_text())
