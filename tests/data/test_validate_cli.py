@@ -7,7 +7,6 @@ the damaged file and rule, never a traceback, and must leave the valid chunk alo
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -32,23 +31,6 @@ GOOD_ENTRIES = {
     "cccccccccc.mp4": {"label": "FAKE", "split": "train", "original": "aaaaaaaaaa.mp4"},
 }
 REAL = {"label": "REAL", "split": "train", "original": None}
-
-
-@pytest.fixture(scope="module")
-def mp4_bytes() -> bytes:
-    """A real 4-frame H.264 clip."""
-    import av
-
-    rng = np.random.default_rng(0)
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for _ in range(4):
-            image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -29,23 +28,6 @@ def real(split: str = "train") -> Entry:
 
 def fake(original: str | None) -> Entry:
     return {"label": "FAKE", "split": "train", "original": original}
-
-
-@pytest.fixture(scope="module")
-def mp4_bytes() -> bytes:
-    """A real H.264 clip (4 frames of 64x64 noise), encoded once and copied per video."""
-    import av
-
-    rng = np.random.default_rng(0)
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for _ in range(4):
-            image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
 
 
 MakeChunk = Callable[..., Path]
