@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -41,7 +41,9 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 _SRC = 512  # side of both source photos
 _AUDIO_RATE = 44100
 _ROI_ENLARGE = 1.5  # manipulations never touch pixels outside the face box scaled by this
-_X264_OPTIONS = {"crf": "18", "preset": "veryfast"}
+# mbtree=0: with macroblock-tree rate control this libx264 build encoded identical frames
+# differently from run to run (even single-threaded), breaking "same spec, same dataset".
+_X264_OPTIONS = {"preset": "veryfast", "x264-params": "mbtree=0"}
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def generate_demo_data(out: Path, spec: DemoSpec = DemoSpec()) -> pd.DataFrame:
     _write_metadata(out, plan)
     manifest = _manifest(plan)
     _write_test_csvs(out, manifest)
-    manifest.to_csv(out / "demo_manifest.csv", index=False)
+    _replace_file(out / "demo_manifest.csv", lambda p: manifest.to_csv(p, index=False))
     return manifest
 
 
@@ -229,8 +231,7 @@ def _write_metadata(out: Path, plan: list[_Video]) -> None:
                 "label": v.label, "split": "train", "original": v.original,
             }
     for chunk, meta in chunks.items():
-        with (out / chunk / "metadata.json").open("w") as fh:
-            json.dump(meta, fh)
+        _replace_file(out / chunk / "metadata.json", lambda p, m=meta: p.write_text(json.dumps(m)))
 
 
 def _manifest(plan: list[_Video]) -> pd.DataFrame:
@@ -243,12 +244,23 @@ def _write_test_csvs(out: Path, manifest: pd.DataFrame) -> None:
     """Kaggle's sample submission plus the answer key, so a submission can be scored."""
     test = manifest[manifest["chunk"] == TEST_DIR].sort_values("filename")
     (out / TEST_DIR).mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"filename": test["filename"], "label": 0.5}).to_csv(
-        out / "sample_submission.csv", index=False
-    )
-    pd.DataFrame(
+    submission = pd.DataFrame({"filename": test["filename"], "label": 0.5})
+    answers = pd.DataFrame(
         {"filename": test["filename"], "label": (test["label"] == "FAKE").astype(int)}
-    ).to_csv(out / "test_labels.csv", index=False)
+    )
+    _replace_file(out / "sample_submission.csv", lambda p: submission.to_csv(p, index=False))
+    _replace_file(out / "test_labels.csv", lambda p: answers.to_csv(p, index=False))
+
+
+def _replace_file(path: Path, write: Callable[[Path], object]) -> None:
+    """Write beside `path`, then rename over it.
+
+    A rename never writes through a hard link into a DVC cache, and an interrupted run
+    leaves the old file rather than half a new one.
+    """
+    partial = path.with_name(f".{path.name}.partial")
+    write(partial)
+    partial.replace(path)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -372,7 +384,7 @@ class _Scene:
             )
             # cv2.randn is ~4x faster than numpy at 1080p; its seed comes from our numpy rng.
             cv2.setRNGSeed(int(self._noise_rng.integers(1 << 31)))
-            cv2.randn(noise, 0.0, self.noise_sigma)
+            cv2.randn(noise, (0.0, 0.0, 0.0), (self.noise_sigma,) * 3)
             yield cv2.add(frame, noise, dtype=cv2.CV_8U), pose
 
 
@@ -402,7 +414,7 @@ class _Manipulator:
         self.donor = photos[donor]
         self.donor_face = _FACE_BOXES[donor]
         self.factor = float(self.rng.uniform(4.0, 6.0))  # lowres
-        self.hue = float(self.rng.choice([-1, 1]) * self.rng.uniform(8, 15))  # colour
+        self.hue = float(self.rng.choice([-1, 1]) * self.rng.uniform(10, 18))  # colour
         gains = self.rng.uniform(0.8, 0.9, size=3)
         gains[self.rng.integers(3)] = self.rng.uniform(1.12, 1.25)
         self.gains = gains.astype(np.float32)
@@ -458,12 +470,13 @@ class _Manipulator:
         h, w = patch.shape[:2]
         face = cv2.warpAffine(self.donor, m, (w, h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REFLECT_101).astype(np.float32)
-        inside = mask > 0.5
-        if inside.sum() < 4:
+        inside = (mask > 0.5).astype(np.uint8)
+        if cv2.countNonZero(inside) < 4:
             return patch
-        src_mean, src_std = face[inside].mean(0), face[inside].std(0) + 1.0
-        dst_mean, dst_std = patch[inside].mean(0), patch[inside].std(0) + 1.0
-        return (face - src_mean) * (dst_std / src_std) + dst_mean
+        src_mean, src_std = (s.ravel()[:3] for s in cv2.meanStdDev(face, mask=inside))
+        dst_mean, dst_std = (s.ravel()[:3] for s in cv2.meanStdDev(patch, mask=inside))
+        gain = ((dst_std + 1.0) / (src_std + 1.0)).astype(np.float32)
+        return (face - src_mean.astype(np.float32)) * gain + dst_mean.astype(np.float32)
 
 
 def _roi(
@@ -504,6 +517,16 @@ def _audio(seed: int, start: int, stop: int) -> np.ndarray:
     return (amp * env * np.sin(2 * np.pi * freq * t) + hiss).astype(np.float32)[None, :]
 
 
+def _crf(width: int, height: int) -> int:
+    """x264 quality per frame size.
+
+    Small frames stay near-lossless (cheap anyway) so a fake and its original differ only
+    by the manipulation; from 640x480 up, x264's default CRF keeps 1080p near DFDC's
+    ~3 MB per 10 s instead of ~30 MB of encoded sensor noise.
+    """
+    return 18 if width * height < 640 * 480 else 23
+
+
 def _write_video(
     path: Path, video: _Video, spec: DemoSpec, photos: dict[str, np.ndarray]
 ) -> None:
@@ -513,8 +536,10 @@ def _write_video(
         _Manipulator(video.kind, video.seed, video.identity, photos)
         if video.label == "FAKE" else None
     )
-    with av.open(str(path), mode="w") as container:
-        vstream = container.add_stream("libx264", rate=spec.fps, options=dict(_X264_OPTIONS))
+    partial = path.with_name(f".{path.name}.partial")
+    with av.open(str(partial), mode="w", format="mp4") as container:
+        options = {**_X264_OPTIONS, "crf": str(_crf(scene.width, scene.height))}
+        vstream = container.add_stream("libx264", rate=spec.fps, options=options)
         vstream.width, vstream.height = scene.width, scene.height
         vstream.pix_fmt = "yuv420p"
         vstream.time_base = Fraction(1, spec.fps)
@@ -533,3 +558,4 @@ def _write_video(
             container.mux(astream.encode(af))
         container.mux(vstream.encode(None))
         container.mux(astream.encode(None))
+    partial.replace(path)
