@@ -159,7 +159,8 @@ def _model_card(protocol: dict) -> str:
 
 Scores a video with P(FAKE): {ext["frames_per_video"]} evenly spaced frames, faces found by
 MTCNN (thresholds {ext["thresholds"]}), crops with margin {ext["margin"]:.2f} resized to
-{ext["crop_size"]} px, backbone `{protocol["model"]["name"]}`, mean frame logit divided by the
+{ext["crop_size"]} px, backbone `{protocol["model"]["name"]}`, frame logits aggregated per video
+(`{protocol["aggregation"].get("strategy", "mean")}`) and divided by the
 temperature {protocol["calibration"]["temperature"]:.3f}, clipped to
 [{protocol["calibration"]["clip_min"]}, {protocol["calibration"]["clip_max"]}]. A video with no
 usable face gets {protocol["calibration"]["fallback"]:.3f}.

@@ -75,13 +75,16 @@ def promote_flow(params_path: str = "params.yaml") -> Decision:
     params = load_params(params_path)
     run = json.loads(params.train.run_file.read_text())
     metrics = json.loads(params.evaluate.metrics.read_text())
+    # The bundle and its card carry the headline figures; per-chunk/kind/strategy breakdowns
+    # stay in reports/metrics.json and the MLflow run.
+    headline = {k: v for k, v in metrics.items() if "." not in k}
     splits = pd.read_parquet(params.data.splits)
     test = splits[splits["subset"] == "test"]
     fingerprint = eval_fingerprint(test)
     provenance = {**run, "eval_fingerprint": fingerprint}
     bundle_dir = build_bundle(
         Checkpoint.load(params.train.checkpoint), Calibration.load(params.calibrate.output),
-        metrics, params.registry.bundle_dir, provenance, training=_training_params(params),
+        headline, params.registry.bundle_dir, provenance, training=_training_params(params),
     )  # fmt: skip
     tags = {k: str(metrics[k]) for k in TAGGED_METRICS if k in metrics}
     tags.update(provenance)
