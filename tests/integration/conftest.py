@@ -52,7 +52,7 @@ REPO = Path(__file__).parents[2]
 @pytest.fixture
 def project(workdir: Path) -> tuple[Path, dict[str, str]]:
     """The project's DVC graph and code in a new git repo, with the tiny data and params."""
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, workdir / name)
     shutil.copytree(REPO / ".dvc", workdir / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
     for package in ("dfdc", "flows"):

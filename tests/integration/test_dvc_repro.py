@@ -35,12 +35,35 @@ def test_repro_runs_every_stage_then_only_what_changed(project: tuple[Path, dict
     again = run(["dvc", "repro"], root, env)
     assert ran(again) == set()
     assert "up to date" in run(["dvc", "status"], root, env)
+    commit(root, env, "first run")  # what a user commits: dvc.lock, params, metrics, plot CSVs
 
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["extract"]["crop_size"] = 56
+    crop_size = params["extract"]["crop_size"]
+    params["extract"]["crop_size"] = crop_size - 8
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     third = run(["dvc", "repro"], root, env)
     assert ran(third) == set(STAGES) - {"validate", "split"}
 
-    diff = run(["dvc", "metrics", "show", "--json"], root, env)
-    assert "logloss" in diff
+    # The second run against the first: params, metrics and plots from git's HEAD and the workspace.
+    changed = json.loads(run(["dvc", "params", "diff", "--json"], root, env))
+    assert changed["params.yaml"]["extract.crop_size"] == {"old": crop_size, "new": crop_size - 8, "diff": -8}
+    metrics = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], root, env))
+    for key in ("logloss", "logloss_uncalibrated", "ece", "prior_logloss"):
+        entry = metrics["reports/metrics.json"][key]
+        assert isinstance(entry["old"], float) and isinstance(entry["new"], float), (key, entry)
+    assert metrics["reports/metrics.json"]["n_videos"]["old"] == metrics["reports/metrics.json"]["n_videos"]["new"]
+    vega = json.loads(run(["dvc", "plots", "diff", "HEAD", "--targets", "roc", "--show-vega"], root, env))
+    assert {row["rev"] for row in vega["data"]["values"]} == {"HEAD", "workspace"}
+    run(["dvc", "plots", "show", "-o", "dvc_plots"], root, env)
+    page = (root / "dvc_plots/index.html").read_text()
+    for title in ("Reliability", "ROC", "Precision-recall", "Calibrated P(FAKE) by label"):
+        assert title in page
+
+
+def commit(root: Path, env: dict[str, str], message: str) -> None:
+    """Commit what the project's .gitignore lets git track."""
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message]):
+        run(cmd, root, env)
+    tracked = run(["git", "ls-files"], root, env).split()
+    assert {"dvc.lock", "reports/metrics.json", "reports/plots/roc.csv"} <= set(tracked)
+    assert not any(name.endswith(".mp4") or name.startswith(("data/faces/", "models/")) for name in tracked)
