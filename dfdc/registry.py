@@ -76,6 +76,20 @@ def training_run(cfg: RegistryConfig, params: Mapping[str, Any], tags: Mapping[s
         yield run.info.run_id
 
 
+def end_killed_run(cfg: RegistryConfig, run_id: str) -> None:
+    """Mark a run whose process died as ``KILLED``, or the UI shows it running forever.
+
+    A run already ended, or unknown to this store, is left alone.
+    """
+    client = connect(cfg)
+    try:
+        status = client.get_run(run_id).info.status
+    except MlflowException:
+        return
+    if status == "RUNNING":
+        client.set_terminated(run_id, status="KILLED")
+
+
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     """Numeric metrics into an existing run (NaN values are skipped)."""
     client = MlflowClient(mlflow.get_tracking_uri())

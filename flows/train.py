@@ -3,7 +3,8 @@
 ``dfdc train`` trains in one process. ``torchrun --nproc_per_node N -m flows.train`` runs the
 same stage as N data-parallel processes: rank 0 runs this flow (MLflow, checkpoints), the
 other ranks only train. A run killed mid-way resumes from its last epoch on the next start;
-the new MLflow run carries the whole curve and names the killed one in ``resumed_from_run``.
+the new MLflow run carries the whole curve and names the killed one, now marked ``KILLED``,
+in ``resumed_from_run``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dfdc.config import Params, load_params
 from dfdc.dataset import Split, load_subset
 from dfdc.extract import read_index
 from dfdc.provenance import dvc_hash, git_commit
-from dfdc.registry import log_artifact, log_metrics, training_run
+from dfdc.registry import end_killed_run, log_artifact, log_metrics, training_run
 from dfdc.train import TrainResult, pending_resume, rank, train
 
 
@@ -60,6 +61,7 @@ def train_flow(params_path: str = "params.yaml") -> TrainResult:
     previous = pending_resume(train_split, val_split, params.model, params.extract, params.train)
     if previous and previous.get("run_id"):
         tags["resumed_from_run"] = previous["run_id"]
+        end_killed_run(params.registry, previous["run_id"])
     with training_run(params.registry, params.model_dump(mode="json", by_alias=True), tags) as run_id:
         result = fit(params, run_id, train_split, val_split)
         summary = {"best_epoch": result.best_epoch, "best_val_logloss": result.best_val_logloss}

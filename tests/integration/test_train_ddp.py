@@ -91,6 +91,8 @@ def test_a_killed_stage_resumes_into_a_linked_run(extracted: Extracted, tmp_path
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     (resumed,) = [r for r in runs if r.info.run_id != killed.info.run_id]
     assert resumed.data.tags["resumed_from_run"] == killed.info.run_id
+    assert killed.info.status == "RUNNING"  # as SIGKILL left it ...
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"  # ... until the resume ended it
     assert resumed.info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "val_video_logloss"))
     assert steps == list(range(6))  # the whole curve, each epoch once

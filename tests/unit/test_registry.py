@@ -12,7 +12,9 @@ from dfdc.config import ExtractConfig, ModelConfig, RegistryConfig
 from dfdc.model import Checkpoint, build_model, preprocess_of
 from dfdc.package import build_bundle, load_bundle
 from dfdc.registry import (
+    connect,
     download_champion_bundle,
+    end_killed_run,
     flatten,
     promote,
     register_bundle,
@@ -150,3 +152,14 @@ def test_registered_model_carries_the_bundles_requirements(cfg: RegistryConfig, 
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{cfg.model_name}/{version}"))
     pins = (local / "requirements.txt").read_text()
     assert "torch==" in pins and "facenet-pytorch==" in pins and "mlflow" in pins
+
+
+def test_end_killed_run_ends_only_a_running_run(cfg: RegistryConfig) -> None:
+    client = connect(cfg)
+    experiment = client.get_experiment_by_name(cfg.experiment).experiment_id
+    died, finished = (client.create_run(experiment).info.run_id for _ in range(2))
+    client.set_terminated(finished, status="FINISHED")
+    for run_id in (died, finished, "0" * 32):  # the last is no run of this store
+        end_killed_run(cfg, run_id)
+    assert client.get_run(died).info.status == "KILLED"
+    assert client.get_run(finished).info.status == "FINISHED"
