@@ -7,9 +7,12 @@ built once per session; tests that need to change files work on copies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -117,3 +120,39 @@ def untrained_checkpoint(extract_cfg: ExtractConfig) -> Checkpoint:
     model = build_model(cfg)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return Checkpoint(cfg, extract_cfg, preprocess_of(model), state, epoch=0, val_logloss=0.69)
+
+
+def _faceless_mp4(path: Path) -> Path:
+    """An H.264 mp4 of flat grey frames: a readable video with no face in it."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        for i in range(8):
+            frame = av.VideoFrame.from_ndarray(np.full((96, 128, 3), 30 * i, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def _audio_only_mp4(path: Path) -> Path:
+    """An mp4 holding one AAC stream and no video stream."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=44100, layout="mono")
+        for k in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, k * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="session")
+def faceless_mp4() -> Callable[[Path], Path]:
+    """Writes a faceless H.264 video to the given path and returns it."""
+    return _faceless_mp4
+
+
+@pytest.fixture(scope="session")
+def audio_only_mp4() -> Callable[[Path], Path]:
+    """Writes an audio-only mp4 to the given path and returns it."""
+    return _audio_only_mp4

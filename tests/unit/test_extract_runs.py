@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,6 +22,8 @@ from dfdc.faces import crop_face
 from dfdc.video import sample_frames
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from conftest import Demo, Extracted
 
     from dfdc.config import ExtractConfig
@@ -116,33 +117,13 @@ def odd_shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _faceless(path: Path) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
-        for i in range(8):
-            frame = av.VideoFrame.from_ndarray(np.full((96, 128, 3), 30 * i, np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
-
-
-def _audio_only(path: Path) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=44100, layout="mono")
-        for k in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 44100, k * 1024
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
-
-
 def test_a_chunk_of_awkward_videos_completes_with_reasons(
     demo: Demo,
     chunk_meta: pd.DataFrame,
     extract_cfg: ExtractConfig,
     odd_shapes: dict[str, Path],
+    faceless_mp4: Callable[[Path], Path],
+    audio_only_mp4: Callable[[Path], Path],
     tmp_path: Path,
 ) -> None:
     chunk = tmp_path / "dfdc_train_part_7"
@@ -157,8 +138,8 @@ def test_a_chunk_of_awkward_videos_completes_with_reasons(
     }
     for name, content in files.items():
         (chunk / name).write_bytes(content)
-    _audio_only(chunk / "audioonly.mp4")
-    _faceless(chunk / "faceless.mp4")
+    audio_only_mp4(chunk / "audioonly.mp4")
+    faceless_mp4(chunk / "faceless.mp4")
     shutil.copy(odd_shapes["portrait"], chunk / "portrait.mp4")
     shutil.copy(odd_shapes["tiny"], chunk / "tinyvideo.mp4")
     names = [*files, "audioonly.mp4", "faceless.mp4", "portrait.mp4", "tinyvideo.mp4", "notthere.mp4"]

@@ -22,6 +22,8 @@ from dfdc.package import Bundle, build_bundle, load_bundle
 from dfdc.predict import list_videos, score_stored_crops, score_videos, write_submission
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from conftest import Demo, Extracted
 
     from dfdc.faces import FaceDetector
@@ -98,17 +100,10 @@ def test_bad_inputs_get_their_reason_and_the_fallback(
         assert np.isnan(rows.at[path.name, "logit"])
 
 
-def test_faceless_video_gets_no_face_and_the_fallback(bundle: Bundle, tmp_path: Path) -> None:
-    import av
-
-    path = tmp_path / "blankvideo.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
-        for i in range(6):
-            frame = av.VideoFrame.from_ndarray(np.full((96, 128, 3), 40 * i, np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+def test_faceless_video_gets_no_face_and_the_fallback(
+    bundle: Bundle, faceless_mp4: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    path = faceless_mp4(tmp_path / "blankvideo.mp4")
     row = score_videos(bundle, [path], progress=False).iloc[0]
     assert row["status"] == "no_face"
     assert row["n_faces"] == 0

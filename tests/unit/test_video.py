@@ -12,6 +12,8 @@ import pytest
 from dfdc.video import VideoError, even_indices, sample_frames
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from conftest import Demo
 
 # ----------------------------------------------------------------- even_indices
@@ -242,15 +244,8 @@ def test_rotation_metadata_gives_upright_portrait_frames(tmp_path: Path) -> None
     assert np.abs(frames.images[0].astype(float) - bgr[..., ::-1].astype(float)).mean() < 3
 
 
-def test_audio_only_file_has_no_video_stream(tmp_path: Path) -> None:
-    path = tmp_path / "audio.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=44100, layout="mono")
-        for k in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 44100, k * 1024
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+def test_audio_only_file_has_no_video_stream(audio_only_mp4: Callable[[Path], Path], tmp_path: Path) -> None:
+    path = audio_only_mp4(tmp_path / "audio.mp4")
     with pytest.raises(VideoError) as info:
         sample_frames(path, 4)
     assert info.value.reason == "no_video_stream"
