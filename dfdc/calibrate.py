@@ -80,10 +80,6 @@ class Calibration:
         scalars = {k: v for k, v in protocol["calibration"].items() if k != "aggregation"}
         return cls(**scalars, aggregation=as_config(aggregation).model_dump(mode="json"))
 
-    def video_logits(self, frames: pd.DataFrame) -> pd.Series:
-        """Video logit per video of a frame table with this calibration's aggregation."""
-        return aggregate(frames, self.aggregation)
-
 
 def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     p = np.clip(expit(logits / temperature), 1e-7, 1 - 1e-7)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -29,11 +29,6 @@ from dfdc.calibrate import Calibration, calibrate_videos, uncalibrated
 from dfdc.config import AggregateConfig
 
 SCORES = ("logloss", "auc", "ap", "accuracy", "brier", "ece")  # then precision_at_recall_<r>
-
-
-def constant_prior_logloss(labels: np.ndarray, prior: float) -> float:
-    """Log loss of answering ``prior`` for every video: the bar any model must clear."""
-    return float(log_loss(labels, np.full(len(labels), prior), labels=[0, 1]))
 
 
 def reliability_table(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> pd.DataFrame:
@@ -126,8 +121,8 @@ def calibrated_metrics(
     """``video_metrics`` after calibration, plus every score before it as ``<score>_uncalibrated``."""
     after = video_metrics(labels, cal.probability(logits), cal.fallback, ece_bins, recall_levels)
     raw = uncalibrated(cal).probability(logits)
-    before = video_metrics(labels, raw, cal.fallback, ece_bins, recall_levels)
-    extra = {f"{k}_uncalibrated": v for k, v in before.items() if k in SCORES or k.startswith("precision_at")}
+    before = _scores(np.asarray(labels, dtype=int), raw, ece_bins, recall_levels) if len(labels) else {}
+    extra = {f"{k}_uncalibrated": v for k, v in before.items()}
     return {**after, **extra, "temperature": cal.temperature, "n_no_face": int(np.isnan(logits).sum())}
 
 
@@ -137,7 +132,6 @@ class Evaluation:
 
     groups: dict[str, dict[str, float]]
     test: pd.DataFrame  # one row per test video: logit, y, prob, prob_uncalibrated, chunk, [kind]
-    strategy_logits: dict[str, pd.Series] = field(default_factory=dict)
 
     def flat(self, prefix: str = "test") -> dict[str, float]:
         """``{"test.logloss": .., "test.by_kind.swap.auc": ..}``; NaNs are left out (not JSON)."""
@@ -223,14 +217,11 @@ def evaluate_test(
         for name in sorted(k for k in test.loc[~real, "kind"].dropna().unique()):
             groups[f"by_kind.{name}"] = block(real | (test["kind"] == name).to_numpy(), logits, cal)
     chosen = as_config(cal.aggregation)
-    strategy_logits = {}
     for strategy in STRATEGIES:
         cfg: AggregateConfig = chosen.model_copy(update={"strategy": strategy})
         c, z = calibrate_videos(frames, videos, cfg, *clip, prior_sd)
-        z_test = z.to_numpy()[is_test]
-        strategy_logits[strategy] = pd.Series(z_test, index=test["filename"].to_numpy())
-        groups[f"by_aggregation.{strategy}"] = block(everyone, z_test, c)
-    return Evaluation(groups, test, strategy_logits)
+        groups[f"by_aggregation.{strategy}"] = block(everyone, z.to_numpy()[is_test], c)
+    return Evaluation(groups, test)
 
 
 def summary_keys(groups: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

@@ -11,13 +11,12 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from dfdc.aggregate import video_logit
 from dfdc.extract import VideoFaces, faces_of_video
 from dfdc.faces import FaceDetector
-from dfdc.model import Preprocess, predict_logits
+from dfdc.model import predict_logits
 from dfdc.package import Bundle, load_bundle
 from dfdc.video import VideoError
 
@@ -41,8 +40,7 @@ def score_videos(
             n_faces = len(faces.crops)
             if n_faces:
                 frame_logits = predict_logits(bundle.model, faces.crops, bundle.preprocess)
-                persons = getattr(faces, "persons", faces.faces)
-                logit = video_logit(frame_logits, persons, bundle.calibration.aggregation)
+                logit = video_logit(frame_logits, faces.persons, bundle.calibration.aggregation)
             else:
                 status = "no_face"
         except VideoError as err:
@@ -77,8 +75,7 @@ def _video_details(
     if faces is None or not len(frame_logits):
         return {"fps": None, "persons": []}
     fps = _video_fps(path)
-    # A tracked identity when extraction provides one, else the face's rank in its frame.
-    persons = np.asarray(getattr(faces, "persons", faces.faces))
+    persons = np.asarray(faces.persons)  # the tracked identity of each crop
     probs = bundle.calibration.probability(frame_logits.astype(float))
     out = []
     for person in np.unique(persons):
@@ -183,18 +180,3 @@ def write_submission(
     table.to_csv(out, index=False)
     return table
 
-
-def score_stored_crops(
-    model: nn.Module, pre: Preprocess, faces_dir: Path, index: pd.DataFrame, videos: pd.DataFrame
-) -> pd.Series:
-    """Mean frame logit per video of ``videos`` from the extracted crops (NaN: no face).
-
-    Used where crops already exist (calibration, evaluation), so no video is decoded twice.
-    """
-    from dfdc.calibrate import video_logits
-    from dfdc.extract import load_crops
-
-    rows = index[index["video"].isin(videos["filename"])].reset_index(drop=True)
-    logits = predict_logits(model, load_crops(faces_dir, rows), pre)
-    per_video = video_logits(logits, rows["video"])
-    return per_video.reindex(videos["filename"].to_numpy())

@@ -257,5 +257,5 @@ def download_champion_bundle(cfg: RegistryConfig, dest: Path) -> int:
     current = _champion(connect(cfg), cfg.model_name)
     if current is None:
         raise LookupError(f"registered model {cfg.model_name!r} has no {CHAMPION!r} alias yet")
-    download_model_bundle(cfg, f"models:/{cfg.model_name}@{CHAMPION}", dest)
+    download_model_bundle(cfg, f"models:/{cfg.model_name}/{current.version}", dest)  # the version returned
     return int(current.version)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from dfdc.calibrate import video_logits
 from dfdc.config import ExtractConfig, ModelConfig, TrainConfig
 from dfdc.dataset import BalancedSampler, CropDataset, Split, balanced_sampler
+from dfdc.extract import RUN_FIELDS
 from dfdc.model import Checkpoint, Preprocess, build_model, predict_logits, preprocess_of
 
 # Settings that change where or how fast training runs, not what it computes.
@@ -118,7 +119,7 @@ def fingerprint(
     h = hashlib.sha256()
     settings = {
         "model": model_cfg.model_dump(mode="json"),
-        "extract": extract_cfg.model_dump(mode="json", exclude={"device"}),
+        "extract": extract_cfg.model_dump(mode="json", exclude=RUN_FIELDS),  # what, not how
         "train": cfg.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT),
         "world_size": n_ranks,
     }

@@ -59,6 +59,12 @@ def test_repro_runs_every_stage_then_only_what_changed(project: tuple[Path, dict
     for title in ("Reliability", "ROC", "Precision-recall", "Calibrated P(FAKE) by label"):
         assert title in page
 
+    # A stage's own flow file is a dependency: editing it reruns that stage and, at most, what follows.
+    flow = root / "flows/evaluate.py"
+    flow.write_text(flow.read_text() + "# edited\n")
+    fourth = ran(run(["dvc", "repro"], root, env))
+    assert "evaluate" in fourth and fourth <= {"evaluate", "promote", "package"}
+
 
 def commit(root: Path, env: dict[str, str], message: str) -> None:
     """Commit what the project's .gitignore lets git track."""

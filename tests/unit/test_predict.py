@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
-from dfdc.calibrate import Calibration
+from dfdc.aggregate import aggregate
+from dfdc.calibrate import Calibration, frame_scores
 from dfdc.extract import faces_of_video, load_video_faces
 from dfdc.model import predict_logits
 from dfdc.package import Bundle, build_bundle, load_bundle
-from dfdc.predict import list_videos, score_stored_crops, score_videos, write_submission
+from dfdc.predict import list_videos, score_videos, write_submission
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -128,22 +129,26 @@ def test_prediction_crops_equal_extraction_crops(
         np.testing.assert_array_equal(live.boxes, stored.boxes)
 
 
+def stored_logits(bundle: Bundle, extracted: Extracted, videos: pd.Series) -> pd.Series:
+    """Video logits from the extracted crops, the way the calibrate stage makes them (NaN: no face)."""
+    frames = frame_scores(bundle.model, bundle.preprocess, extracted.faces_dir, extracted.index, videos)
+    return aggregate(frames, bundle.calibration.aggregation).reindex(videos.to_numpy())
+
+
 def test_bundle_scores_a_video_like_its_stored_crops(
     demo: Demo, extracted: Extracted, bundle: Bundle, chunk_meta: pd.DataFrame
 ) -> None:
     """The bundle's own detector (rebuilt from its protocol) sees what extraction saw."""
-    videos = chunk_meta[chunk_meta["filename"].isin(extracted.index["video"])].head(2)
-    stored = score_stored_crops(bundle.model, bundle.preprocess, extracted.faces_dir, extracted.index, videos)
-    live = score_videos(bundle, [demo.chunk_dir / f for f in videos["filename"]], progress=False)
+    videos = chunk_meta.loc[chunk_meta["filename"].isin(extracted.index["video"]), "filename"].head(2)
+    stored = stored_logits(bundle, extracted, videos)
+    live = score_videos(bundle, [demo.chunk_dir / f for f in videos], progress=False)
     np.testing.assert_allclose(live["logit"].to_numpy(), stored.to_numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_score_stored_crops_gives_nan_for_faceless_videos(
+def test_stored_crops_give_nan_for_faceless_videos(
     extracted: Extracted, bundle: Bundle, chunk_meta: pd.DataFrame
 ) -> None:
-    got = score_stored_crops(
-        bundle.model, bundle.preprocess, extracted.faces_dir, extracted.index, chunk_meta
-    )
+    got = stored_logits(bundle, extracted, chunk_meta["filename"])
     assert list(got.index) == chunk_meta["filename"].tolist()
     has_face = chunk_meta["filename"].isin(extracted.index["video"]).to_numpy()
     assert np.isfinite(got.to_numpy()[has_face]).all()
