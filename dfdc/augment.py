@@ -25,8 +25,9 @@ def crop_landmarks(rows: pd.DataFrame, margin: float, size: int) -> np.ndarray:
     """Landmarks of index rows (frame pixels) in crop pixels, ``(n, 5, 2)``: eyes, nose, mouth corners."""
     out = np.zeros((len(rows), 5, 2), np.float32)
     boxes = rows[["x1", "y1", "x2", "y2"]].to_numpy(float)
-    for i, (box, points) in enumerate(zip(boxes, rows["landmarks"], strict=True)):
-        scale, offset = crop_transform(tuple(box), margin, size)
+    shapes = rows[["height", "width"]].to_numpy(int)  # the frame each crop was cut from
+    for i, (box, shape, points) in enumerate(zip(boxes, shapes, rows["landmarks"], strict=True)):
+        scale, offset = crop_transform(tuple(box), margin, size, (int(shape[0]), int(shape[1])))
         out[i] = np.asarray(points, float).reshape(5, 2) * scale + offset
     return out
 

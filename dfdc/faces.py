@@ -118,6 +118,20 @@ def _resize(image: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=interp)
 
 
+def _crop_window(box: tuple[float, ...], margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)``: the box grown by ``margin`` per side, clipped to the frame."""
+    x1, y1, x2, y2 = box
+    pad_w, pad_h = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = max(int(x1 - pad_w), 0), max(int(y1 - pad_h), 0)
+    return left, top, min(int(x2 + pad_w), width), min(int(y2 + pad_h), height)
+
+
+def _fitted(w: int, h: int, size: int) -> tuple[int, int]:
+    """The ``(w, h)`` a ``w`` x ``h`` window is resized to so its longer side is ``size``."""
+    scale = size / max(h, w)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
 def crop_face(image: np.ndarray, box: tuple[float, ...], margin: float, size: int) -> np.ndarray:
     """Box -> margin -> isotropic resize -> centred zero padding to ``size`` x ``size``.
 
@@ -125,41 +139,29 @@ def crop_face(image: np.ndarray, box: tuple[float, ...], margin: float, size: in
     winner used) keeps the blend boundary of a swapped face inside the crop.
     """
     height, width = image.shape[:2]
-    x1, y1, x2, y2 = box
-    pad_w, pad_h = (x2 - x1) * margin, (y2 - y1) * margin
-    left, top = max(int(x1 - pad_w), 0), max(int(y1 - pad_h), 0)
-    right, bottom = min(int(x2 + pad_w), width), min(int(y2 + pad_h), height)
+    left, top, right, bottom = _crop_window(box, margin, width, height)
     out = np.zeros((size, size, 3), dtype=np.uint8)
     if right <= left or bottom <= top:  # empty, inverted or wholly outside the frame
         return out
-    crop = image[top:bottom, left:right]
-    h, w = crop.shape[:2]
-    scale = size / max(h, w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    resized = cv2.resize(crop, (new_w, new_h), interpolation=interp)
+    new_w, new_h = _fitted(right - left, bottom - top, size)
+    interp = cv2.INTER_AREA if max(right - left, bottom - top) > size else cv2.INTER_CUBIC  # down: area
+    resized = cv2.resize(image[top:bottom, left:right], (new_w, new_h), interpolation=interp)
     y0, x0 = (size - new_h) // 2, (size - new_w) // 2
     out[y0 : y0 + new_h, x0 : x0 + new_w] = resized
     return out
 
 
 def crop_transform(
-    box: tuple[float, ...], margin: float, size: int, frame_shape: tuple[int, int] | None = None
+    box: tuple[float, ...], margin: float, size: int, frame_shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(scale, offset)`` mapping frame points into ``crop_face``'s crop: ``xy * scale + offset``.
 
-    The same arithmetic as ``crop_face``, so landmarks land on the pixels they marked
-    (cv2.resize's pixel-centre convention). Without ``frame_shape`` (h, w) only the
-    left/top edge clips the margin, which is exact unless it leaves the frame right or below.
+    The same window and resize as ``crop_face`` on a frame of ``frame_shape`` (h, w), so
+    landmarks land on the pixels they marked (cv2.resize's pixel-centre convention).
     """
-    height, width = frame_shape if frame_shape is not None else (1 << 30, 1 << 30)
-    x1, y1, x2, y2 = box
-    pad_w, pad_h = (x2 - x1) * margin, (y2 - y1) * margin
-    left, top = max(int(x1 - pad_w), 0), max(int(y1 - pad_h), 0)
-    right, bottom = min(int(x2 + pad_w), width), min(int(y2 + pad_h), height)
+    left, top, right, bottom = _crop_window(box, margin, frame_shape[1], frame_shape[0])
     w, h = max(right - left, 1), max(bottom - top, 1)
-    scale = size / max(h, w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    new_w, new_h = _fitted(w, h, size)
     s = np.array([new_w / w, new_h / h])
     start = np.array([(size - new_w) // 2, (size - new_h) // 2])
     return s, start - np.array([left, top]) * s + 0.5 * s - 0.5

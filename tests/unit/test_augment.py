@@ -56,12 +56,17 @@ def test_crop_transform_puts_a_frame_point_where_crop_face_draws_it(
         np.testing.assert_allclose(_dot_centre(crop), mapped, atol=0.6)
 
 
-def test_crop_transform_without_frame_shape_is_exact_when_the_margin_fits() -> None:
-    box = (60.0, 40.0, 120.0, 110.0)
-    with_shape = crop_transform(box, 0.3, 64, (400, 400))
-    without = crop_transform(box, 0.3, 64)
-    for a, b in zip(with_shape, without, strict=True):
-        np.testing.assert_allclose(a, b)
+def test_crop_landmarks_use_each_rows_frame_for_a_face_at_the_bottom_right_edge() -> None:
+    """The margin runs off the frame on the right and below; the landmark must still land right."""
+    height, width, box = 120, 160, (118.0, 78.0, 156.0, 117.0)
+    points = np.array([[128, 90], [146, 90], [137, 100], [130, 108], [144, 108]], float)
+    frame = np.zeros((height, width, 3), np.uint8)
+    px, py = points[2].astype(int)
+    frame[py - 1 : py + 2, px - 1 : px + 2, 0] = 255  # a 3x3 marker on the nose
+    rows = pd.DataFrame([dict(zip(("x1", "y1", "x2", "y2"), box, strict=True))])
+    rows = rows.assign(width=width, height=height, landmarks=[points.ravel().tolist()])
+    mapped = crop_landmarks(rows, 1 / 3, 64)[0, 2]
+    np.testing.assert_allclose(_dot_centre(crop_face(frame, box, margin=1 / 3, size=64)), mapped, atol=0.6)
 
 
 @pytest.mark.parametrize("part", PARTS)
