@@ -10,7 +10,7 @@ frames with a box whose centre lies in the true face box (known from the generat
     python bench/extract.py --data DIR         # keep (or reuse) the generated videos in DIR
 
 approaches:
-  pipeline         dfdc.extract.extract_chunk with params.yaml's extract section at 32 frames,
+  pipeline         dfdc.faces.extract.extract_chunk with params.yaml's extract section at 32 frames,
                    every video detected on its own (reuse_originals off): the unique-video cost
   originals-first  the same, reusing each original's tracks for its fakes
   winner           cv2 grab()/retrieve() of 32 frames, MTCNN at half scale on each, thresholds
@@ -35,11 +35,11 @@ import numpy as np
 import pandas as pd
 
 from dfdc.config import ExtractConfig, load_params
-from dfdc.demo_data import DemoSpec, generate_demo_data
-from dfdc.extract import _detector, extract_chunk
-from dfdc.faces import FaceDetector, crop_face
-from dfdc.metadata import read_metadata
-from dfdc.video import even_indices
+from dfdc.data.metadata import read_metadata
+from dfdc.demo.generate import DemoSpec, generate_demo_data
+from dfdc.faces.detect import FaceDetector, crop_face
+from dfdc.faces.extract import _detector, extract_chunk
+from dfdc.faces.video import even_indices
 
 Boxes = list[tuple[int, tuple[float, float, float, float]]]  # (frame index, box) per crop
 
@@ -105,7 +105,7 @@ def seeds(path: Path) -> tuple[int, Boxes]:
 
 def true_boxes(spec: DemoSpec) -> dict[str, list[tuple[float, float, float, float]]]:
     """The face box of every frame of every generated video, from the generator's geometry."""
-    from dfdc import demo_data
+    from dfdc.demo import generate as demo_data
 
     photos = {ident: demo_data._load_photo(ident) for ident in demo_data.IDENTITIES}
     out = {}
@@ -167,7 +167,7 @@ def run_pipeline(
     name: str, cfg: ExtractConfig, chunk_dir: Path, meta: pd.DataFrame, truth: dict, workers: int
 ) -> list[dict[str, object]]:
     """``extract_chunk`` itself on a warm pool; with reuse, originals and fakes apart too."""
-    from dfdc.extract import INDEX_FILE, load_video_faces
+    from dfdc.faces.extract import INDEX_FILE, load_video_faces
 
     out_dir = Path(tempfile.mkdtemp(prefix="bench-faces-")) / chunk_dir.name
     try:

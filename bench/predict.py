@@ -1,7 +1,7 @@
 """Benchmark prediction: seconds per 1080p, 10 s, 30 fps video with the demo profile.
 
-Generates ``--videos`` test videos with ``dfdc.demo_data`` at 1920x1080, 10 s, 30 fps, then
-scores them with ``dfdc.predict.predict_files``, the call behind ``dfdc predict`` and the
+Generates ``--videos`` test videos with ``dfdc.demo.generate`` at 1920x1080, 10 s, 30 fps, then
+scores them with ``dfdc.release.predict.predict_files``, the call behind ``dfdc predict`` and the
 bundle's ``predict.py``: the protocol (frames per video, detector, crops, model) of
 ``params.yaml`` in a freshly built bundle (random weights cost the same as trained
 ones), or of ``--model BUNDLE``. Prints seconds per video (wall clock of the whole call:
@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from dfdc.calibrate import Calibration
 from dfdc.config import load_params
-from dfdc.demo_data import TEST_DIR, DemoSpec, generate_demo_data
-from dfdc.model import Checkpoint, build_model, preprocess_of
-from dfdc.package import build_bundle, load_bundle
-from dfdc.predict import list_videos, predict_files
-from dfdc.video import sample_frames
+from dfdc.demo.generate import TEST_DIR, DemoSpec, generate_demo_data
+from dfdc.faces.video import sample_frames
+from dfdc.model.backbone import Checkpoint, build_model, preprocess_of
+from dfdc.release.bundle import build_bundle, load_bundle
+from dfdc.release.predict import list_videos, predict_files
+from dfdc.scoring.calibrate import Calibration
 
 
 def _videos(data: Path, count: int) -> list[Path]:

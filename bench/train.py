@@ -1,6 +1,6 @@
 """Benchmark training throughput (images per second) with the profile of ``params.yaml``.
 
-Trains ``dfdc.train.train`` (the call behind ``dfdc train``) for ``--epochs`` on ``--crops``
+Trains ``dfdc.model.train.train`` (the call behind ``dfdc train``) for ``--epochs`` on ``--crops``
 synthetic face crops at ``extract.crop_size`` with the model and recipe of ``params.yaml``,
 augmentation on and off, and prints the images per second of each epoch, torch's thread
 count and the machine's load average (on a shared machine the figure means little without it).
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from dfdc.config import load_params
-from dfdc.dataset import Split
-from dfdc.train import train
+from dfdc.model.dataset import Split
+from dfdc.model.train import train
 
 
 def _split(n: int, size: int, seed: int) -> Split:

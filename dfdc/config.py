@@ -110,7 +110,7 @@ class TrainConfig(Strict):
     weight_decay: float = Field(1e-4, ge=0)
     label_smoothing: float = Field(0.05, ge=0, lt=0.5)
     grad_clip: float = Field(1.0, gt=0)
-    augment: bool = True  # the winners' augmentation (dfdc.augment); off for ablations
+    augment: bool = True  # the winners' augmentation (dfdc.model.augment); off for ablations
     cutout_p: float = Field(0.3, ge=0, le=1)  # share of crops with eyes, nose or mouth blanked
     patience: int | None = Field(None, ge=1)  # epochs without a better val log loss before stopping
     amp: bool = True  # mixed precision, on CUDA only

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 from prefect import flow, task
 
-from dfdc.calibrate import Calibration, calibrate_videos, frame_scores
 from dfdc.config import Params, load_params
-from dfdc.extract import read_index
-from dfdc.metadata import labels_to_int
-from dfdc.model import Checkpoint
-from dfdc.registry import connect, log_metrics
+from dfdc.data.metadata import labels_to_int
+from dfdc.faces.extract import read_index
+from dfdc.model.backbone import Checkpoint
+from dfdc.release.registry import connect, log_metrics
+from dfdc.scoring.calibrate import Calibration, calibrate_videos, frame_scores
 
 
 @task

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dfdc.demo_data import DemoSpec
+from dfdc.demo.generate import DemoSpec
 
 app = typer.Typer(help="Deepfake video detection pipeline (DFDC style).", no_args_is_help=True)
 Params = Annotated[str, typer.Option("--params", "-p", help="params.yaml to read")]
@@ -51,7 +51,7 @@ def demo_data(
     force: Annotated[bool, typer.Option(help="rewrite even if OUT already holds data")] = False,
 ) -> None:
     """Generate DFDC-layout chunks, test videos and a sample submission from real face photos."""
-    from dfdc.demo_data import generate_demo_data
+    from dfdc.demo.generate import generate_demo_data
 
     if out.is_dir() and any(out.iterdir()) and not force:
         typer.echo(f"{out} already holds data; keeping it (use --force to regenerate)")
@@ -85,9 +85,9 @@ def add_chunk(
     params: Params = "params.yaml",
 ) -> None:
     """Track each chunk with DVC (one .dvc file per chunk); chunks from elsewhere are copied in."""
-    from dfdc.chunks import ChunkError
-    from dfdc.chunks import add_chunk as add
     from dfdc.config import load_params
+    from dfdc.data.chunks import ChunkError
+    from dfdc.data.chunks import add_chunk as add
 
     raw_dir = load_params(params).data.raw_dir
     failed = False
@@ -190,13 +190,13 @@ def predict(
     """Write `filename,label` (P(FAKE)) for every video; failures get the fallback and a reason."""
     import tempfile
 
-    from dfdc.predict import predict_files
+    from dfdc.release.predict import predict_files
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = Path(model)
         if model.startswith("models:/"):
             from dfdc.config import load_params
-            from dfdc.registry import download_model_bundle
+            from dfdc.release.registry import download_model_bundle
 
             registry = load_params(params).registry
             bundle_dir = download_model_bundle(registry, model, Path(tmp) / "bundle")

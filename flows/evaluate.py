@@ -8,11 +8,11 @@ import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from dfdc.calibrate import Calibration
 from dfdc.config import load_params
-from dfdc.evaluate import evaluate_test, summary_keys
-from dfdc.plots import draw_figures, plot_tables, write_plot_data
-from dfdc.registry import connect, log_artifact, log_metrics, log_table
+from dfdc.release.registry import connect, log_artifact, log_metrics, log_table
+from dfdc.scoring.calibrate import Calibration
+from dfdc.scoring.evaluate import evaluate_test, summary_keys
+from dfdc.scoring.plots import draw_figures, plot_tables, write_plot_data
 
 
 @flow(name="evaluate")

@@ -17,8 +17,8 @@ from prefect.artifacts import create_table_artifact
 from tqdm import tqdm
 
 from dfdc.config import ExtractConfig, load_params
-from dfdc.extract import extract_chunk
-from dfdc.metadata import read_chunks
+from dfdc.data.metadata import read_chunks
+from dfdc.faces.extract import extract_chunk
 
 
 @task(retries=1, retry_delay_seconds=5)

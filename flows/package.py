@@ -9,10 +9,10 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from dfdc.config import load_params
-from dfdc.evaluate import video_metrics
-from dfdc.package import load_bundle
-from dfdc.predict import predict_files
-from dfdc.registry import download_champion_bundle
+from dfdc.release.bundle import load_bundle
+from dfdc.release.predict import predict_files
+from dfdc.release.registry import download_champion_bundle
+from dfdc.scoring.evaluate import video_metrics
 
 
 @flow(name="package")

@@ -10,14 +10,14 @@ import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from dfdc.calibrate import Calibration
 from dfdc.config import Params, load_params
-from dfdc.evaluate import video_metrics
-from dfdc.metadata import labels_to_int
-from dfdc.model import Checkpoint
-from dfdc.package import build_bundle, load_bundle
-from dfdc.predict import score_videos
-from dfdc.registry import Decision, force_promote, promote, register_bundle, version_tags
+from dfdc.data.metadata import labels_to_int
+from dfdc.model.backbone import Checkpoint
+from dfdc.release.bundle import build_bundle, load_bundle
+from dfdc.release.predict import score_videos
+from dfdc.release.registry import Decision, force_promote, promote, register_bundle, version_tags
+from dfdc.scoring.calibrate import Calibration
+from dfdc.scoring.evaluate import video_metrics
 
 
 def eval_fingerprint(test: pd.DataFrame) -> str:

@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_link_artifact
 
 from dfdc.config import load_params
-from dfdc.report import build_report, write_report
+from dfdc.report.eda import build_report, write_report
 
 
 @flow(name="report")

@@ -6,8 +6,8 @@ import pandas as pd
 from prefect import flow
 
 from dfdc.config import load_params
-from dfdc.metadata import read_chunks
-from dfdc.split import assign_splits
+from dfdc.data.metadata import read_chunks
+from dfdc.data.split import assign_splits
 
 
 @flow(name="split")

@@ -17,11 +17,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from dfdc.config import Params, load_params
-from dfdc.dataset import Split, load_subset
-from dfdc.extract import read_index
-from dfdc.provenance import dvc_hash, git_commit
-from dfdc.registry import end_killed_run, log_artifact, log_metrics, training_run
-from dfdc.train import TrainResult, pending_resume, rank, train
+from dfdc.faces.extract import read_index
+from dfdc.model.dataset import Split, load_subset
+from dfdc.model.train import TrainResult, pending_resume, rank, train
+from dfdc.release.provenance import dvc_hash, git_commit
+from dfdc.release.registry import end_killed_run, log_artifact, log_metrics, training_run
 
 
 def load_splits(params: Params) -> tuple[Split, Split]:

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
 from dfdc.config import load_params
-from dfdc.validation import ValidationReport, validate_chunks, validate_faces, write_report
+from dfdc.data.validation import ValidationReport, validate_chunks, validate_faces, write_report
 
 DOCS_DIR = "data_docs"  # GX Data Docs site, under validate.report_dir
 

@@ -1,6 +1,6 @@
 """Shared, session-scoped fixtures: one tiny demo dataset, one extraction, one detector.
 
-Everything here is real: H.264 mp4 files rendered by ``dfdc.demo_data``, facenet-pytorch's
+Everything here is real: H.264 mp4 files rendered by ``dfdc.demo.generate``, facenet-pytorch's
 MTCNN with the weights of its wheel, and a timm ``resnet10t``. The expensive parts are
 built once per session; tests that need to change files work on copies.
 """
@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from dfdc.config import ExtractConfig, ModelConfig
-from dfdc.demo_data import TEST_DIR, DemoSpec, generate_demo_data
-from dfdc.extract import INDEX_FILE, extract_chunk
-from dfdc.faces import FaceDetector
-from dfdc.metadata import read_metadata
-from dfdc.model import Checkpoint, build_model, preprocess_of
+from dfdc.data.metadata import read_metadata
+from dfdc.demo.generate import TEST_DIR, DemoSpec, generate_demo_data
+from dfdc.faces.detect import FaceDetector
+from dfdc.faces.extract import INDEX_FILE, extract_chunk
+from dfdc.model.backbone import Checkpoint, build_model, preprocess_of
 
 # One intra-op thread: on a shared 2-core machine, torch's OpenMP threads spin against
 # other processes and MTCNN runs ~10x slower. Results do not depend on it.

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dfdc.chunks import ChunkError, add_chunk
-from dfdc.demo_data import DemoSpec, generate_demo_data
+from dfdc.data.chunks import ChunkError, add_chunk
+from dfdc.demo.generate import DemoSpec, generate_demo_data
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = DemoSpec(chunks=2, originals_per_chunk=1, fakes_per_original=1, test_videos=1,

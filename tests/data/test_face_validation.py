@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from dfdc.config import ValidateConfig
-from dfdc.extract import INDEX_FILE, VIDEOS_FILE
-from dfdc.validation import validate_faces, write_report
+from dfdc.data.validation import validate_faces, write_report
+from dfdc.faces.extract import INDEX_FILE, VIDEOS_FILE
 
 CFG = ValidateConfig()
 

@@ -21,7 +21,7 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
-from dfdc.validation import _md
+from dfdc.data.validation import _md
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD, BAD = "dfdc_train_part_0", "dfdc_train_part_1"

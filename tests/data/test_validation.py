@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dfdc.config import DataConfig, ValidateConfig
-from dfdc.validation import ValidationReport, Violation, validate_chunks, write_report
+from dfdc.data.validation import ValidationReport, Violation, validate_chunks, write_report
 
 PATTERN = DataConfig().name_pattern
 CFG = ValidateConfig()
@@ -318,7 +318,7 @@ def test_clean_report_markdown() -> None:
 
 
 def test_importing_validation_does_not_import_great_expectations() -> None:
-    code = "import sys, dfdc.validation; print('great_expectations' in sys.modules)"
+    code = "import sys, dfdc.data.validation; print('great_expectations' in sys.modules)"
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True

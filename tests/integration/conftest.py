@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dfdc.demo_data import DemoSpec, generate_demo_data
+from dfdc.demo.generate import DemoSpec, generate_demo_data
 
 TINY = DemoSpec(
     chunks=2, originals_per_chunk=4, fakes_per_original=3, test_videos=4,

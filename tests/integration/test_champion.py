@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dfdc.calibrate import Calibration
 from dfdc.config import RegistryConfig
-from dfdc.package import build_bundle, load_bundle
-from dfdc.predict import list_videos, score_videos
-from dfdc.registry import promote, register_bundle, tracking_uri, training_run
+from dfdc.release.bundle import build_bundle, load_bundle
+from dfdc.release.predict import list_videos, score_videos
+from dfdc.release.registry import promote, register_bundle, tracking_uri, training_run
+from dfdc.scoring.calibrate import Calibration
 
 if TYPE_CHECKING:
     from conftest import Demo
 
-    from dfdc.model import Checkpoint
+    from dfdc.model.backbone import Checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ def test_bundle_alone_in_a_new_venv_scores_like_dfdc_predict(
     registry: RegistryConfig, demo: Demo, tmp_path: Path
 ) -> None:
     """Done when: only the bundle and its listed requirements give the same submission."""
-    from dfdc.registry import download_champion_bundle
+    from dfdc.release.registry import download_champion_bundle
 
     uri = tracking_uri(registry)
     env = {**os.environ, **ONE_THREAD, "MLFLOW_TRACKING_URI": uri}
@@ -191,7 +191,7 @@ def test_manual_override_is_recorded_as_such(
     from prefect.testing.utilities import prefect_test_harness
     from typer.testing import CliRunner
 
-    from dfdc.registry import version_tags
+    from dfdc.release.registry import version_tags
     from flows.cli import app
 
     monkeypatch.chdir(tmp_path)

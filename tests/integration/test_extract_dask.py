@@ -12,7 +12,7 @@ import yaml
 from distributed import LocalCluster
 from prefect.testing.utilities import prefect_test_harness
 
-from dfdc.extract import INDEX_FILE, VIDEOS_FILE, load_video_faces
+from dfdc.faces.extract import INDEX_FILE, VIDEOS_FILE, load_video_faces
 from flows.extract import extract_flow
 
 if TYPE_CHECKING:

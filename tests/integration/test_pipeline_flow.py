@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
-from dfdc.package import load_bundle
+from dfdc.release.bundle import load_bundle
 
 pytestmark = pytest.mark.integration
 

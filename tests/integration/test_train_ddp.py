@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from dfdc.model import Checkpoint
+from dfdc.model.backbone import Checkpoint
 
 if TYPE_CHECKING:
     from conftest import Extracted

@@ -1,0 +1,1 @@
+"""Stage data: the metadata reader, validation suites, chunks under DVC, the split."""

@@ -1,0 +1,1 @@
+"""The demo-data generator (nothing at run time depends on it)."""

@@ -1,0 +1,1 @@
+"""Stage extract: decoding, detection, tracks, the crop policy, the runner and the crop store."""

@@ -1,0 +1,1 @@
+"""Stage train: backbone by name, dataset, augmentation and the training loop."""

@@ -1,0 +1,137 @@
+"""Training samples: stored face crops, augmented, normalised as the model expects."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from dfdc.data.metadata import labels_to_int
+from dfdc.faces.extract import load_crops
+from dfdc.model.augment import Augment, crop_landmarks
+from dfdc.model.backbone import Preprocess
+
+
+@dataclass(frozen=True)
+class Split:
+    """Crops of one subset with their labels (0/1) and the video each came from.
+
+    ``landmarks``, when known, holds the five landmarks of each crop in crop pixels ``(n, 5, 2)``.
+    """
+
+    crops: np.ndarray
+    labels: np.ndarray
+    videos: np.ndarray
+    landmarks: np.ndarray | None = None
+
+
+class CropDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Crops ``(n, h, w, 3)`` uint8 with labels 0/1; augmentation optional.
+
+    The crop policy is upstream (``dfdc.faces.detect.crop_face``): without augmentation an item
+    is exactly what prediction feeds the model for the same crop.
+    """
+
+    def __init__(
+        self,
+        crops: np.ndarray,
+        labels: np.ndarray,
+        pre: Preprocess,
+        augment: bool,
+        landmarks: np.ndarray | None = None,
+        cutout_p: float = 0.3,
+    ) -> None:
+        self.crops = crops
+        self.labels = torch.tensor(labels, dtype=torch.float32)
+        self.landmarks = landmarks
+        self.transform = Augment(cutout_p) if augment else None
+        self.mean = torch.tensor(pre.mean).view(3, 1, 1)
+        self.std = torch.tensor(pre.std).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.ascontiguousarray(self.crops[i])).permute(2, 0, 1)
+        if self.transform is not None:
+            points = self.landmarks[i] if self.landmarks is not None else None
+            image = self.transform(x, points)
+        else:
+            image = x.float().div(255)
+        return (image - self.mean) / self.std, self.labels[i]
+
+
+class BalancedSampler(Sampler[int]):
+    """As many reals as fakes per epoch in expectation (DFDC is ~84% fake), split across ranks.
+
+    Every rank draws the same balanced epoch (seeded by ``seed`` and the epoch) and keeps
+    every ``world_size``-th index from ``rank``: ``DistributedSampler`` semantics, so N
+    processes together see one epoch, not N. Call ``set_epoch`` before each epoch; the
+    draw depends on nothing else, which makes a resumed epoch the one that was lost.
+    """
+
+    def __init__(self, labels: np.ndarray, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        labels = np.asarray(labels, dtype=int)
+        counts = np.bincount(labels, minlength=2).astype(float)
+        counts[counts == 0] = 1.0  # one class only: uniform draws, no division by zero
+        self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.num_samples = math.ceil(len(labels) / world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose draw ``__iter__`` yields."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        total = self.num_samples * self.world_size
+        draws = torch.multinomial(self.weights, total, replacement=True, generator=generator)
+        return iter(draws[self.rank :: self.world_size].tolist())
+
+
+def balanced_sampler(labels: np.ndarray, seed: int, rank: int = 0, world_size: int = 1) -> BalancedSampler:
+    """The balanced sampler of one rank (the whole epoch when training in one process)."""
+    return BalancedSampler(labels, seed, rank, world_size)
+
+
+def subset_rows(index: pd.DataFrame, splits: pd.DataFrame, subset: str) -> pd.DataFrame:
+    """Index rows (one per crop) of the videos assigned to ``subset``."""
+    videos = splits.loc[splits["subset"] == subset, ["chunk", "filename"]]
+    return index.merge(videos, left_on=["chunk", "video"], right_on=["chunk", "filename"]).drop(
+        columns="filename"
+    )
+
+
+def load_subset(
+    faces_dir: Path,
+    index: pd.DataFrame,
+    splits: pd.DataFrame,
+    subset: str,
+    margin: float | None = None,
+) -> Split:
+    """Crops, labels and video names of one subset, ready for training or scoring.
+
+    With the extraction ``margin`` the landmarks are mapped into crop pixels too (for
+    face-part cut-out).
+    """
+    rows = subset_rows(index, splits, subset)
+    crops = load_crops(faces_dir, rows)
+    landmarks = None
+    if margin is not None and len(rows):
+        landmarks = crop_landmarks(rows, margin, crops.shape[1])
+    return Split(
+        crops=crops,
+        labels=labels_to_int(rows["label"]),
+        videos=rows["video"].to_numpy(),
+        landmarks=landmarks,
+    )

@@ -1,0 +1,1 @@
+"""Stages promote and package: registry, bundle, prediction, the pyfunc model."""

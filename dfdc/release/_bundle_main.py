@@ -1,0 +1,85 @@
+"""Score videos with this bundle alone: ``python predict.py VIDEOS --out submission.csv``.
+
+Copied into every bundle as its ``predict.py``. It holds no protocol of its own: it runs
+the dfdc source files shipped in ``code/`` (the same files the pipeline ran when the
+bundle was built), after checking every file of the bundle against ``checksums.json``.
+Needs only the packages of ``requirements.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _check_before_running() -> str | None:
+    """What is wrong with the bundle, checked with the standard library only.
+
+    The shipped code is verified again by ``dfdc.release.bundle.verify_bundle``, but only after
+    it has been imported; this check runs first, so altered code is never executed.
+    """
+    sums_path = HERE / "checksums.json"
+    if not sums_path.is_file():
+        return f"{sums_path}: missing; not a dfdc bundle"
+    checksums = json.loads(sums_path.read_text())
+    for name, digest in sorted(checksums.items()):
+        path = HERE / name
+        if not path.is_file():
+            return f"{path}: missing from bundle"
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            return f"{path}: checksum mismatch; the file was altered"
+    for path in sorted((HERE / "code").rglob("*")):
+        if path.is_file() and path.relative_to(HERE).as_posix() not in checksums:
+            return f"{path}: not listed in checksums.json; the bundle was altered"
+    return None
+
+
+def _use_vendored_dfdc() -> None:
+    """Import ``dfdc`` from this bundle's ``code/``, never from an installed copy."""
+    sys.dont_write_bytecode = True  # the bundle stays exactly as checksummed
+    sys.path.insert(0, str(HERE / "code"))
+    import dfdc
+
+    where = Path(dfdc.__file__).resolve().parent
+    if where != HERE / "code" / "dfdc":
+        raise SystemExit(f"dfdc was imported from {where}, not from this bundle; run in a fresh process")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, score every video, write the submission (and details)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("target", type=Path, help="a folder of .mp4 files or one video")
+    parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write")
+    parser.add_argument("--sample-submission", type=Path, default=None, help="row order to follow")
+    parser.add_argument("--details", type=Path, default=None, help="per-video JSON with frame scores")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if problem := _check_before_running():
+        print(f"refusing to run: {problem}", file=sys.stderr)
+        return 2
+    _use_vendored_dfdc()
+    from dfdc.release.bundle import BundleError
+    from dfdc.release.predict import predict_files
+
+    try:
+        scores = predict_files(
+            HERE, args.target, args.out, args.sample_submission, args.details,
+            progress=not args.no_progress, threads=args.threads,
+        )  # fmt: skip
+    except BundleError as err:
+        print(f"refusing to run: {err}", file=sys.stderr)
+        return 2
+    for row in scores[scores["status"] != "ok"].itertuples():
+        print(f"{row.filename}: {row.status} {row.detail}".rstrip(), file=sys.stderr)
+    print(f"{len(scores)} videos scored -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""The offline submission bundle: weights, the whole protocol, its code, a model card, checksums.
+
+Weights are safetensors and the protocol is JSON, so loading a bundle runs no
+pickled code. The bundle also carries the dfdc source files prediction runs on, an
+entry point (``predict.py``) and exact requirement pins, so it scores videos with
+nothing but itself and a fresh environment. Every file's SHA-256 is checked before
+anything is loaded, and a file the checksums do not list is refused too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dfdc.config import ExtractConfig, ModelConfig
+from dfdc.model.backbone import Checkpoint, Preprocess, build_model
+from dfdc.scoring.calibrate import Calibration
+
+WEIGHTS = "model.safetensors"
+PROTOCOL = "protocol.json"
+CARD = "MODEL_CARD.md"
+CHECKSUMS = "checksums.json"
+ENTRY = "predict.py"
+REQUIREMENTS = "requirements.txt"
+CODE = "code"  # the vendored ``dfdc`` package: code/dfdc/*.py
+REQUIRED = (WEIGHTS, PROTOCOL, CARD)  # bundles written before the entry point still load
+
+
+class BundleError(Exception):
+    """A bundle that is incomplete or has been altered since it was written."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: the model ready to score and the protocol that feeds it."""
+
+    model: nn.Module
+    model_cfg: ModelConfig
+    extract: ExtractConfig
+    preprocess: Preprocess
+    calibration: Calibration
+    metrics: dict[str, float]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_bundle(
+    checkpoint: Checkpoint,
+    calibration: Calibration,
+    metrics: dict[str, float],
+    out_dir: Path,
+    extra: dict[str, str] | None = None,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Write a self-describing, self-running bundle into ``out_dir`` (replacing a bundle there)."""
+    _clear(out_dir)
+    save_file({k: v.contiguous() for k, v in checkpoint.state_dict.items()}, out_dir / WEIGHTS)
+    protocol = {
+        "model": checkpoint.model.model_dump(mode="json"),
+        "extract": checkpoint.extract.model_dump(mode="json"),
+        "preprocess": asdict(checkpoint.preprocess),
+        "aggregation": calibration.aggregation,
+        "calibration": calibration.scalars(),
+        "metrics": metrics,
+        "provenance": extra or {},
+        "training": training or {},
+    }
+    (out_dir / PROTOCOL).write_text(json.dumps(protocol, indent=2) + "\n")
+    (out_dir / CARD).write_text(_model_card(protocol))
+    _write_code(out_dir)
+    checksums = {name: _sha256(out_dir / name) for name in _bundle_files(out_dir)}
+    (out_dir / CHECKSUMS).write_text(json.dumps(checksums, indent=2) + "\n")
+    return out_dir
+
+
+def _clear(out_dir: Path) -> None:
+    """Start from an empty folder; refuse to empty one that is not a bundle."""
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / CHECKSUMS).is_file():
+            raise BundleError(f"{out_dir}: not empty and not a dfdc bundle; refusing to overwrite")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_code(out_dir: Path) -> None:
+    """The entry point, the dfdc source files it runs on, and their exact requirements."""
+    from dfdc.release import _standalone
+
+    files, third_party = _standalone.module_closure()
+    package = out_dir / CODE / _standalone.PACKAGE
+    package.mkdir(parents=True)
+    for path in files:
+        target = package / path.relative_to(_standalone.SOURCE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    shutil.copyfile(Path(__file__).with_name("_bundle_main.py"), out_dir / ENTRY)
+    (out_dir / REQUIREMENTS).write_text(_standalone.requirements_text(third_party))
+
+
+def _bundle_files(bundle_dir: Path) -> list[str]:
+    """Every file of the bundle except the checksums themselves, as relative POSIX paths."""
+    return sorted(
+        p.relative_to(bundle_dir).as_posix()
+        for p in bundle_dir.rglob("*")
+        if p.is_file() and p != bundle_dir / CHECKSUMS
+    )
+
+
+def verify_bundle(bundle_dir: Path) -> dict[str, str]:
+    """Raise ``BundleError`` naming the first missing, altered or unlisted file."""
+    sums_path = bundle_dir / CHECKSUMS
+    if not sums_path.is_file():
+        raise BundleError(f"{bundle_dir}: no {CHECKSUMS}; not a dfdc bundle")
+    checksums: dict[str, str] = json.loads(sums_path.read_text())
+    for name in sorted(set(REQUIRED) | set(checksums)):
+        path = bundle_dir / name
+        if not path.is_file():
+            raise BundleError(f"{path}: missing from bundle")
+        if checksums.get(name) != _sha256(path):
+            raise BundleError(f"{path}: checksum mismatch; the file was altered")
+    unlisted = sorted(set(_bundle_files(bundle_dir)) - set(checksums))
+    if unlisted:
+        raise BundleError(f"{bundle_dir / unlisted[0]}: not listed in {CHECKSUMS}; the bundle was altered "
+                          "(keep outputs and environments outside the bundle folder)")
+    return checksums
+
+
+def load_bundle(bundle_dir: Path) -> Bundle:
+    """Verify, then rebuild the model exactly as it was trained."""
+    verify_bundle(bundle_dir)
+    protocol = json.loads((bundle_dir / PROTOCOL).read_text())
+    model_cfg = ModelConfig.model_validate(protocol["model"])
+    model = build_model(model_cfg.model_copy(update={"pretrained": False, "weights_path": None}))
+    model.load_state_dict(load_file(bundle_dir / WEIGHTS))
+    pre = protocol["preprocess"]
+    return Bundle(
+        model=model.eval(),
+        model_cfg=model_cfg,
+        extract=ExtractConfig.model_validate(protocol["extract"]),
+        preprocess=Preprocess(tuple(pre["mean"]), tuple(pre["std"])),
+        calibration=Calibration.from_protocol(protocol),
+        metrics=protocol["metrics"],
+    )
+
+
+def _model_card(protocol: dict) -> str:
+    metrics = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(protocol["metrics"].items()))
+    provenance = "\n".join(f"- {k}: {v}" for k, v in sorted(protocol["provenance"].items()))
+    training = "\n".join(f"- {k}: {v}" for k, v in sorted(protocol["training"].items())) or "- not recorded"
+    ext = protocol["extract"]
+    return f"""# dfdc detector
+
+Scores a video with P(FAKE): {ext["frames_per_video"]} evenly spaced frames, faces found by
+MTCNN (thresholds {ext["thresholds"]}), crops with margin {ext["margin"]:.2f} resized to
+{ext["crop_size"]} px, backbone `{protocol["model"]["name"]}`, frame logits aggregated per video
+(`{protocol["aggregation"].get("strategy", "mean")}`) and divided by the
+temperature {protocol["calibration"]["temperature"]:.3f}, clipped to
+[{protocol["calibration"]["clip_min"]}, {protocol["calibration"]["clip_max"]}]. A video with no
+usable face gets {protocol["calibration"]["fallback"]:.3f}.
+
+## Held-out metrics (video level)
+
+| metric | value |
+|---|---|
+{metrics}
+
+## Provenance
+
+{provenance}
+
+## Training parameters
+
+{training}
+
+## How to run it
+
+Needs only this folder and the packages of `{REQUIREMENTS}` (exact pins; Python and platform in
+its first line); no network, no MLflow, no pipeline. Keep the environment and the outputs
+outside this folder:
+
+```bash
+python -m venv ~/dfdc-env && ~/dfdc-env/bin/pip install -r <bundle>/{REQUIREMENTS}
+~/dfdc-env/bin/python <bundle>/{ENTRY} <folder of .mp4 | video> --out submission.csv \\
+    [--sample-submission sample_submission.csv] [--details details.json]
+```
+
+`{ENTRY}` checks every file against `{CHECKSUMS}` first and refuses an altered, missing or
+unlisted one. It runs the dfdc source files in `{CODE}/`, the same ones the pipeline ran.
+
+## Intended use and limits
+
+Research on face-swap detection in DFDC-style footage. Trained on the data named above only;
+it has not seen other manipulation methods, compressions or demographics, and a single
+score is not proof that a video is or is not manipulated.
+"""

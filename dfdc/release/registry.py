@@ -1,0 +1,261 @@
+"""Every MLflow call of the project: tracking runs, the model registry, promotion.
+
+The default store is SQLite under ``mlflow/`` with an absolute URI, so a run started
+from any directory lands in the same place; ``MLFLOW_TRACKING_URI`` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from dfdc.config import RegistryConfig
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "path")]),
+    outputs=Schema([ColSpec("string", "filename"), ColSpec("double", "label"), ColSpec("string", "status")]),
+)
+
+
+def tracking_uri(cfg: RegistryConfig) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the project's SQLite store (absolute path)."""
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    cfg.db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{cfg.db.resolve()}"
+
+
+def connect(cfg: RegistryConfig) -> MlflowClient:
+    """Point MLflow at the store and make sure the experiment exists with our artifact root."""
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+        location = None
+        if uri.startswith("sqlite:"):
+            cfg.artifacts.mkdir(parents=True, exist_ok=True)
+            location = cfg.artifacts.resolve().as_uri()
+        mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    mlflow.set_experiment(cfg.experiment)
+    return MlflowClient(uri, uri)
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": "1"}`` for ``log_params``."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+@contextmanager
+def training_run(cfg: RegistryConfig, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[str]:
+    """A new MLflow run holding the flattened params; yields its id."""
+    connect(cfg)
+    with mlflow.start_run(tags=dict(tags)) as run:
+        mlflow.log_params(flatten(params))
+        yield run.info.run_id
+
+
+def end_killed_run(cfg: RegistryConfig, run_id: str) -> None:
+    """Mark a run whose process died as ``KILLED``, or the UI shows it running forever.
+
+    A run already ended, or unknown to this store, is left alone.
+    """
+    client = connect(cfg)
+    try:
+        status = client.get_run(run_id).info.status
+    except MlflowException:
+        return
+    if status == "RUNNING":
+        client.set_terminated(run_id, status="KILLED")
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Numeric metrics into an existing run (NaN values are skipped)."""
+    client = MlflowClient(mlflow.get_tracking_uri())
+    for key, value in metrics.items():
+        if value == value:  # not NaN
+            client.log_metric(run_id, key, float(value), step=step or 0)
+
+
+def log_table(run_id: str, table: Any, artifact_file: str) -> None:
+    """A DataFrame as an MLflow table artifact (JSON; MLflow appends if the file exists)."""
+    MlflowClient(mlflow.get_tracking_uri()).log_table(run_id, data=table, artifact_file=artifact_file)
+
+
+def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """A file or folder into the run's artifacts."""
+    client = MlflowClient(mlflow.get_tracking_uri())
+    if path.is_dir():
+        client.log_artifacts(run_id, str(path), artifact_path)
+    else:
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Outcome of a promotion: which version, whether it became champion, and why."""
+
+    version: int
+    promoted: bool
+    reason: str
+    candidate_logloss: float
+    champion_version: int | None
+    champion_logloss: float | None
+    manual: bool = False  # a forced promotion (``dfdc promote --version N --force``), not the rule
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable, for ``reports/promotion.json``."""
+        return asdict(self)
+
+
+def register_bundle(
+    cfg: RegistryConfig, run_id: str, bundle_dir: Path, tags: Mapping[str, str]
+) -> int:
+    """Log the bundle as a pyfunc model of the run and register it; returns the version.
+
+    The model's requirements are the bundle's exact pins (MLflow adds itself), so
+    ``mlflow models serve`` can also build its own environment from them.
+    """
+    connect(cfg)
+    requirements = bundle_dir / "requirements.txt"
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="detector",
+            python_model=str(PYFUNC_FILE),
+            artifacts={"bundle": str(bundle_dir)},
+            code_paths=[str(Path(__file__).parents[1])],  # the whole dfdc package
+            pip_requirements=str(requirements) if requirements.is_file() else [],
+            signature=_SIGNATURE,
+        )
+    version = mlflow.register_model(info.model_uri, cfg.model_name, tags=dict(tags))
+    return int(version.version)
+
+
+def _champion(client: MlflowClient, name: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def promote(
+    cfg: RegistryConfig,
+    version: int,
+    logloss: float,
+    eval_fingerprint: str,
+    rescore: Callable[[Path], float] | None = None,
+) -> Decision:
+    """Move ``champion`` to ``version`` only if it beats the champion on the same evaluation set.
+
+    When the champion was evaluated on another set, ``rescore`` (bundle folder -> log loss
+    on the candidate's set) re-evaluates it first; without it the champion stays.
+    """
+    client = connect(cfg)
+    name = cfg.model_name
+    current = _champion(client, name)
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    champ_v = int(current.version) if current is not None else None
+    champ_ll = float(current.tags.get("logloss", "inf")) if current is not None else None
+    if current is None:
+        promoted, reason = True, "no champion yet"
+    elif champ_v == version:
+        promoted, reason = True, "already champion"
+    else:
+        same_set = current.tags.get("eval_fingerprint") == eval_fingerprint
+        if not same_set and rescore is None:
+            return _record(client, name, Decision(
+                version, False, "champion was evaluated on another set; not re-evaluated",
+                logloss, champ_v, champ_ll,
+            ))  # fmt: skip
+        if not same_set:
+            with tempfile.TemporaryDirectory() as tmp:
+                download_champion_bundle(cfg, Path(tmp) / "bundle")
+                champ_ll = rescore(Path(tmp) / "bundle")  # type: ignore[misc]
+        where = "on the same set" if same_set else "re-evaluated on the candidate's set"
+        promoted = logloss < champ_ll  # type: ignore[operator]
+        sign = "<" if promoted else ">="
+        reason = f"log loss {logloss:.4f} {sign} champion's {champ_ll:.4f} ({where})"
+    decision = Decision(version, promoted, reason, logloss, champ_v, champ_ll)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    return _record(client, name, decision)
+
+
+def force_promote(cfg: RegistryConfig, version: int, reason: str = "") -> Decision:
+    """Make ``version`` the champion regardless of the rule, recorded as a manual override.
+
+    The version's ``promotion`` tag says so and ``manual_override`` is set, so the
+    registry never shows a forced champion as one that won on log loss.
+    """
+    client = connect(cfg)
+    name = cfg.model_name
+    target = client.get_model_version(name, str(version))  # raises if there is no such version
+    current = _champion(client, name)
+    champ_v = int(current.version) if current is not None else None
+    champ_ll = _tag_float(current, "logloss") if current is not None else None
+    why = "manual override (--force)" + (f", replacing champion v{champ_v}" if champ_v else "")
+    decision = Decision(
+        version, True, why + (f": {reason}" if reason else ""),
+        _tag_float(target, "logloss"), champ_v, champ_ll, manual=True,
+    )  # fmt: skip
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(version), "manual_override", "true")
+    return _record(client, name, decision)
+
+
+def version_tags(cfg: RegistryConfig, version: int) -> dict[str, str]:
+    """The tags of one registered version (log loss, fingerprint, decisions ...)."""
+    return dict(connect(cfg).get_model_version(cfg.model_name, str(version)).tags)
+
+
+def _tag_float(version: Any, key: str) -> float:
+    try:
+        return float(version.tags[key])
+    except (KeyError, ValueError):
+        return float("nan")
+
+
+def _record(client: MlflowClient, name: str, decision: Decision) -> Decision:
+    """Every decision is kept as a tag on the candidate version."""
+    verdict = "promoted" if decision.promoted else "not promoted"
+    client.set_model_version_tag(name, str(decision.version), "promotion", f"{verdict}: {decision.reason}")
+    return decision
+
+
+def download_model_bundle(cfg: RegistryConfig, model_uri: str, dest: Path) -> Path:
+    """Copy the bundle of any registered model URI (``models:/name@alias``) into ``dest``."""
+    connect(cfg)
+    local = mlflow.artifacts.download_artifacts(model_uri)
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(Path(local) / "artifacts" / "bundle", dest)
+    return dest
+
+
+def download_champion_bundle(cfg: RegistryConfig, dest: Path) -> int:
+    """Copy the champion's bundle into ``dest`` (replacing it); returns the champion version."""
+    current = _champion(connect(cfg), cfg.model_name)
+    if current is None:
+        raise LookupError(f"registered model {cfg.model_name!r} has no {CHAMPION!r} alias yet")
+    download_model_bundle(cfg, f"models:/{cfg.model_name}/{current.version}", dest)  # the version returned
+    return int(current.version)

@@ -1,0 +1,1 @@
+"""The exploratory report."""

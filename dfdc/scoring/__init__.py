@@ -1,0 +1,1 @@
+"""Stages calibrate and evaluate: aggregation, calibration, metrics, plots."""

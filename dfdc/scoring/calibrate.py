@@ -1,0 +1,169 @@
+"""From frame logits to a calibrated video probability.
+
+Log loss punishes one confident mistake more than many right answers earn, so the
+video probability is the aggregated video logit (``dfdc.scoring.aggregate``) divided by a
+temperature fitted on the calibration split, then clipped. The temperature only means
+something for the aggregation it was fitted on, so the calibration record carries that
+aggregation and prediction applies both. Videos with no usable face get the calibrated
+prior (the calibration split's fake share), not 0.5 by habit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from scipy.special import expit
+
+from dfdc.config import AggregateConfig
+from dfdc.scoring.aggregate import aggregate, as_config
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from dfdc.model.backbone import Preprocess
+
+FRAME_COLUMNS = ("chunk", "video", "frame", "face", "person")  # of the index, when present
+
+
+def video_logits(frame_logits: np.ndarray, videos: pd.Series) -> pd.Series:
+    """Mean frame logit per video, indexed by video name (the ``mean`` strategy, for training)."""
+    return pd.Series(frame_logits, index=videos.to_numpy()).groupby(level=0, sort=False).mean()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Everything between a video logit and the submitted probability."""
+
+    temperature: float
+    clip_min: float
+    clip_max: float
+    fallback: float  # P(FAKE) for a video with no usable face
+    # The aggregation the temperature was fitted on (``AggregateConfig`` as JSON).
+    aggregation: dict[str, Any] = field(default_factory=lambda: AggregateConfig().model_dump(mode="json"))
+
+    def probability(self, logits: np.ndarray | pd.Series) -> np.ndarray:
+        """Calibrated, clipped P(FAKE); NaN logits (no face) get the fallback."""
+        z = np.asarray(logits, dtype=float)
+        p = np.where(np.isnan(z), self.fallback, expit(z / self.temperature))
+        return np.clip(p, self.clip_min, self.clip_max)
+
+    def save(self, path: Path) -> None:
+        """JSON, read back by evaluation and packed into the submission bundle."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Calibration:
+        """Read what ``save`` wrote (a record from before aggregation was saved means ``mean``)."""
+        return cls(**json.loads(path.read_text()))
+
+    def scalars(self) -> dict[str, float]:
+        """Temperature, clip bounds and fallback: a bundle's ``protocol["calibration"]``."""
+        return {k: v for k, v in asdict(self).items() if k != "aggregation"}
+
+    @classmethod
+    def from_protocol(cls, protocol: Mapping[str, Any]) -> Calibration:
+        """Rebuild from a bundle protocol: ``calibration`` scalars plus ``aggregation``.
+
+        Bundles written before aggregation was configurable say ``"mean_logit"``.
+        """
+        aggregation = protocol.get("aggregation")
+        if not isinstance(aggregation, Mapping):
+            aggregation = None  # "mean_logit" or absent: the mean of frame logits
+        scalars = {k: v for k, v in protocol["calibration"].items() if k != "aggregation"}
+        return cls(**scalars, aggregation=as_config(aggregation).model_dump(mode="json"))
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    p = np.clip(expit(logits / temperature), 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, prior_sd: float | None = None) -> float:
+    """The temperature minimising log loss (searched on log scale, 0.05 to 20).
+
+    With ``prior_sd`` it is the MAP estimate under log T ~ N(0, prior_sd²): the penalty
+    ``(log T)² / (2 prior_sd² n)`` on the mean log loss weighs less as videos accumulate.
+    """
+    if len(logits) == 0 or len(np.unique(labels)) < 2:
+        return 1.0
+    weight = 0.0 if prior_sd is None else 1.0 / (2 * prior_sd**2 * len(logits))
+    res = minimize_scalar(
+        lambda log_t: _nll(logits, labels, float(np.exp(log_t))) + weight * log_t**2,
+        bounds=(np.log(0.05), np.log(20.0)),
+        method="bounded",
+    )
+    return float(np.exp(res.x))
+
+
+def fit_calibration(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    clip_min: float,
+    clip_max: float,
+    aggregation: AggregateConfig | Mapping[str, Any] | None = None,
+    prior_sd: float | None = None,
+) -> Calibration:
+    """Temperature on the videos with a face; the prior of all of them as the fallback.
+
+    ``logits`` are video logits made with ``aggregation``, which the record keeps.
+    """
+    logits = np.asarray(logits, dtype=float)
+    labels = np.asarray(labels, dtype=float)
+    has_face = ~np.isnan(logits)
+    temperature = fit_temperature(logits[has_face], labels[has_face], prior_sd)
+    prior = float(labels.mean()) if len(labels) else 0.5
+    return Calibration(
+        temperature, clip_min, clip_max, float(np.clip(prior, clip_min, clip_max)),
+        as_config(aggregation).model_dump(mode="json"),
+    )  # fmt: skip
+
+
+def uncalibrated(cal: Calibration) -> Calibration:
+    """The same aggregation and fallback with no temperature and (almost) no clip: the "before"."""
+    return Calibration(1.0, 1e-6, 1 - 1e-6, cal.fallback, cal.aggregation)
+
+
+def frame_scores(
+    model: nn.Module, pre: Preprocess, faces_dir: Path, index: pd.DataFrame, videos: pd.Series
+) -> pd.DataFrame:
+    """One row per stored crop of ``videos``: where it came from and the model's logit.
+
+    Kept at frame level so every aggregation strategy is computed from the same logits.
+    """
+    from dfdc.faces.extract import load_crops
+    from dfdc.model.backbone import predict_logits
+
+    rows = index[index["video"].isin(videos)].reset_index(drop=True)
+    logits = predict_logits(model, load_crops(faces_dir, rows), pre) if len(rows) else np.zeros(0)
+    columns = [c for c in FRAME_COLUMNS if c in rows.columns]
+    return rows[columns].assign(logit=np.asarray(logits, dtype=float))
+
+
+def calibrate_videos(
+    frames: pd.DataFrame,
+    videos: pd.DataFrame,
+    aggregation: AggregateConfig | Mapping[str, Any],
+    clip_min: float,
+    clip_max: float,
+    prior_sd: float | None = None,
+) -> tuple[Calibration, pd.Series]:
+    """Aggregate ``frames`` per video of ``videos`` and fit on its ``calib`` subset only.
+
+    ``videos`` has ``filename``, ``subset`` and ``y``; returns the calibration and every
+    video's logit aligned with ``videos`` (NaN: no face).
+    """
+    logits = aggregate(frames, aggregation).reindex(videos["filename"].to_numpy())
+    logits.index = videos.index
+    calib = (videos["subset"] == "calib").to_numpy()
+    cal = fit_calibration(
+        logits.to_numpy()[calib], videos["y"].to_numpy()[calib], clip_min, clip_max, aggregation, prior_sd
+    )
+    return cal, logits
