@@ -167,7 +167,7 @@ def run_pipeline(
     name: str, cfg: ExtractConfig, chunk_dir: Path, meta: pd.DataFrame, truth: dict, workers: int
 ) -> list[dict[str, object]]:
     """``extract_chunk`` itself on a warm pool; with reuse, originals and fakes apart too."""
-    from dfdc.faces.extract import INDEX_FILE, load_video_faces
+    from dfdc.faces.store import INDEX_FILE, read_record, video_file
 
     out_dir = Path(tempfile.mkdtemp(prefix="bench-faces-")) / chunk_dir.name
     try:
@@ -179,11 +179,12 @@ def run_pipeline(
         index = pd.read_parquet(out_dir / INDEX_FILE)
         rows = []
         for video in statuses.itertuples():
-            faces, _ = load_video_faces(out_dir / f"{Path(video.video).stem}.npz")
+            path = video_file(out_dir, video.video)
+            n_sampled = read_record(path).n_sampled if path.is_file() else 0  # the record: no pixels read
             mine = index[index["video"] == video.video]
             found = [(int(r.frame), (r.x1, r.y1, r.x2, r.y2)) for r in mine.itertuples()]
-            hit = recall(faces.n_sampled, found, truth[video.video])
-            rows.append((video.source != "", video.seconds, hit, faces.n_sampled))
+            hit = recall(n_sampled, found, truth[video.video])
+            rows.append((video.source != "", video.seconds, hit, n_sampled))
         table = pd.DataFrame(rows, columns=["reused", "seconds", "recall", "n_sampled"])
         out = [{
             "approach": name, "videos": len(table), "s/video": wall / len(table),

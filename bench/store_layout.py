@@ -269,7 +269,9 @@ class Chunk:
 
 def _dvc(repo: Path, *args: str) -> tuple[float, str]:
     """Seconds one ``dvc`` command takes in ``repo``, and its output; a failure raises with it."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    # The site cache (DVC's state and index databases) goes beside the repo, removed with it.
+    site = repo.parent / f"{repo.name}-site"
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(site)}
     dvc = Path(sys.executable).with_name("dvc")
     start = time.perf_counter()
     done = subprocess.run([str(dvc), *args], cwd=repo, env=env, capture_output=True, text=True)
@@ -401,6 +403,7 @@ def main() -> None:
         for layout, per_file in LAYOUTS.items():
             layouts.append(run_layout(layout, per_file, chunk, Path(root)))
             shutil.rmtree(Path(root) / layout)
+            shutil.rmtree(Path(root) / f"{layout}-site", ignore_errors=True)
 
     print("\n== summary", flush=True)
     for source in sources:

@@ -85,6 +85,8 @@ class ExtractConfig(Strict):
     detect_every: int = Field(4, ge=1)  # detect on every k-th sampled frame, interpolate between
     max_people: int = Field(2, ge=1)  # face tracks kept per video, strongest first
     reuse_originals: bool = True  # fakes take the boxes of their original (pixel-aligned in DFDC)
+    crop_format: Literal["jpeg", "png", "webp"] = "jpeg"  # how the crop store encodes crops
+    jpeg_quality: int = Field(95, ge=50, le=100)
     # How extraction runs, not what it produces (left out of the output fingerprint):
     workers: int = Field(2, ge=1)  # local processes, one torch thread each
     dask_address: str | None = None  # a Dask scheduler: run the videos on that cluster instead

@@ -10,7 +10,7 @@ from prefect import flow, task
 
 from dfdc.config import Params, load_params
 from dfdc.data.metadata import labels_to_int
-from dfdc.faces.extract import read_index
+from dfdc.faces.store import read_index
 from dfdc.model.backbone import Checkpoint
 from dfdc.release.registry import connect, log_metrics
 from dfdc.scoring.calibrate import Calibration, calibrate_videos, frame_scores

@@ -17,7 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from dfdc.config import Params, load_params
-from dfdc.faces.extract import read_index
+from dfdc.faces.store import read_index
 from dfdc.model.dataset import Split, load_subset
 from dfdc.model.train import TrainResult, pending_resume, rank, train
 from dfdc.release.provenance import dvc_hash, git_commit
@@ -28,15 +28,17 @@ def load_splits(params: Params) -> tuple[Split, Split]:
     """The `train` and `val` subsets, with landmarks mapped into crop pixels for cut-out."""
     splits = pd.read_parquet(params.data.splits)
     index = read_index(params.data.faces_dir, sorted(splits["chunk"].unique()))
-    margin = params.extract.margin
-    train_split = load_subset(params.data.faces_dir, index, splits, "train", margin=margin)
+    cfg = params.extract
+    train_split = load_subset(
+        params.data.faces_dir, index, splits, "train", margin=cfg.margin, crop_size=cfg.crop_size
+    )
     val_split = load_subset(params.data.faces_dir, index, splits, "val")
     return train_split, val_split
 
 
 @task(cache_policy=NO_CACHE)
 def load(params: Params) -> tuple[Split, Split]:
-    """Read the crops of the `train` and `val` subsets."""
+    """Find the crops of the `train` and `val` subsets in the store (read later, batch by batch)."""
     train_split, val_split = load_splits(params)
     print(f"train crops {len(train_split.labels)}, validation crops {len(val_split.labels)}")
     return train_split, val_split

@@ -21,7 +21,8 @@ from dfdc.config import ExtractConfig, ModelConfig
 from dfdc.data.metadata import read_metadata
 from dfdc.demo.generate import TEST_DIR, DemoSpec, generate_demo_data
 from dfdc.faces.detect import FaceDetector
-from dfdc.faces.extract import INDEX_FILE, extract_chunk
+from dfdc.faces.extract import extract_chunk
+from dfdc.faces.store import INDEX_FILE
 from dfdc.model.backbone import Checkpoint, build_model, preprocess_of
 
 # One intra-op thread: on a shared 2-core machine, torch's OpenMP threads spin against

@@ -586,7 +586,7 @@ def _face_rows(
     chunk_dir: Path, out_dir: Path
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Violation]]:
     """Video rows and crop rows of one chunk's face index (plus unreadable-table violations)."""
-    from dfdc.faces.extract import INDEX_FILE, VIDEOS_FILE
+    from dfdc.faces.store import INDEX_FILE, VIDEOS_FILE
 
     chunk = chunk_dir.name
     try:

@@ -1,10 +1,10 @@
-"""Face extraction: sampled frames -> MTCNN -> people -> crops, one packed file per video.
+"""Face extraction: sampled frames -> MTCNN -> people -> crops, into the crop store.
 
-Per chunk the output is ``<faces_dir>/<chunk>/<video>.npz`` (crops plus their boxes,
-person ids, probabilities and landmarks), ``index.parquet`` (one row per crop) and
-``videos.parquet`` (one row per video with its status, so a faceless or broken video
-is a recorded reason, not a silent gap). Writes are atomic and keyed by a fingerprint
-of the extraction settings, so a rerun skips finished videos and redoes stale ones.
+Per chunk the output is the crop store's folder (``dfdc.faces.store``): one file per
+video, ``index.parquet`` (one row per crop) and ``videos.parquet`` (one row per video
+with its status, so a faceless or broken video is a recorded reason, not a silent gap).
+Each video is keyed by a fingerprint of the protocol, the crop code and the input file,
+so a rerun skips finished videos and redoes exactly the stale ones.
 
 Detection runs on a subset of the sampled frames and boxes follow each person between
 them (``dfdc.faces.tracks``); a fake reuses its original's tracks. Videos run in worker
@@ -14,13 +14,8 @@ processes or on any ``concurrent.futures`` executor (a Dask client's, for a clus
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
-import os
-import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -32,15 +27,10 @@ import numpy as np
 import pandas as pd
 
 from dfdc.config import ExtractConfig
+from dfdc.faces import store
 from dfdc.faces.detect import Face, FaceDetector, crop_face
 from dfdc.faces.tracks import build_tracks
 from dfdc.faces.video import VideoError, sample_frames
-
-INDEX_FILE = "index.parquet"
-VIDEOS_FILE = "videos.parquet"
-
-
-RUN_FIELDS = {"device", "workers", "dask_address", "video_retries"}  # how, not what
 
 
 @dataclass(frozen=True)
@@ -63,14 +53,11 @@ class VideoFaces:
     source: str = ""  # the original whose tracks were reused, "" when detected here
 
 
-def fingerprint(cfg: ExtractConfig) -> str:
-    """Hash of every setting that changes the crops (device, workers and cluster do not)."""
-    payload = cfg.model_dump(mode="json", exclude=RUN_FIELDS)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def faces_of_video(
-    path: Path, detector: FaceDetector, cfg: ExtractConfig, reuse: VideoFaces | None = None
+    path: Path,
+    detector: FaceDetector,
+    cfg: ExtractConfig,
+    reuse: VideoFaces | store.VideoRecord | None = None,
 ) -> VideoFaces:
     """Sample frames, find people, crop: the protocol shared by extraction and prediction.
 
@@ -136,7 +123,7 @@ def _tracked_hits(
     return hits
 
 
-def _reused_hits(indices: tuple[int, ...], original: VideoFaces) -> list[_Hit]:
+def _reused_hits(indices: tuple[int, ...], original: VideoFaces | store.VideoRecord) -> list[_Hit]:
     wanted = set(indices)
     return [
         (
@@ -150,43 +137,14 @@ def _reused_hits(indices: tuple[int, ...], original: VideoFaces) -> list[_Hit]:
     ]  # fmt: skip
 
 
-_SCALARS = {"n_sampled": int, "n_frames": int, "width": int, "height": int, "truncated": bool, "source": str}
-
-
-def save_video_faces(faces: VideoFaces, path: Path, fp: str) -> None:
-    """Write atomically: a killed run leaves the old file or none, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, fingerprint=np.array(fp), **faces.__dict__)
-        Path(tmp).replace(path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def load_video_faces(path: Path) -> tuple[VideoFaces, str]:
-    """Read a packed video file back with the fingerprint it was made under."""
-    with np.load(path) as data:
-        fields = {k: data[k] for k in VideoFaces.__dataclass_fields__}
-        for key, kind in _SCALARS.items():
-            fields[key] = kind(fields[key].item())
-        return VideoFaces(**fields), str(data["fingerprint"])
-
-
-def _is_fresh(path: Path, fp: str) -> bool:
-    return _load_fresh(path, fp) is not None
-
-
-def _load_fresh(path: Path | None, fp: str) -> VideoFaces | None:
-    """The packed file when it exists, is readable and was made under ``fp``."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        faces, stored = load_video_faces(path)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None  # a corrupt leftover is redone, not trusted
-    return faces if stored == fp else None
+def save_video_faces(
+    faces: VideoFaces, path: Path, fingerprint: str, cfg: ExtractConfig
+) -> store.VideoRecord:
+    """Store one video's crops and record (atomically) under ``fingerprint``."""
+    fields = {k: v for k, v in faces.__dict__.items() if k != "crops"}
+    empty = np.zeros(0, np.int64)
+    record = store.VideoRecord(fingerprint=fingerprint, offsets=empty, sizes=empty, **fields)
+    return store.write_video(path, list(faces.crops), record, cfg)
 
 
 # ----------------------------------------------------------------- running a chunk
@@ -201,7 +159,8 @@ class _Job:
     target: Path
     cfg: ExtractConfig
     fp: str
-    original: Path | None  # packed file of the original whose tracks a fake reuses
+    original: Path | None  # stored file of the original whose tracks a fake reuses
+    original_fp: str
     original_name: str
     threads: int  # torch threads in the worker (0: leave as is)
 
@@ -211,7 +170,7 @@ _DETECTORS: dict[tuple[str, str], FaceDetector] = {}
 
 def _detector(cfg: ExtractConfig, threads: int) -> FaceDetector:
     """One detector per process and protocol, built on first use."""
-    key = (fingerprint(cfg), cfg.device)
+    key = (store.protocol_fingerprint(cfg), cfg.device)
     if key not in _DETECTORS:
         if threads:
             import torch
@@ -227,11 +186,11 @@ def _run_job(job: _Job) -> dict[str, object]:
     status: dict[str, object] = {"video": job.video, "status": "ok", "detail": "", "seconds": 0.0}
     for _attempt in range(job.cfg.video_retries + 1):
         try:
-            reuse = _load_fresh(job.original, job.fp)
+            reuse = store.fresh_record(job.original, job.original_fp)
             faces = faces_of_video(job.path, _detector(job.cfg, job.threads), job.cfg, reuse)
             if faces.source:
                 faces = dataclasses.replace(faces, source=job.original_name)
-            save_video_faces(faces, job.target, job.fp)
+            save_video_faces(faces, job.target, job.fp, job.cfg)
             status.update(status="ok", detail="")
             break
         except VideoError as err:  # a property of the file: retrying cannot help
@@ -272,26 +231,32 @@ def extract_chunk(
     Finished videos (same fingerprint) are skipped; failures are recorded with their
     reason and never stop the chunk. Originals run first and their fakes reuse their
     tracks. Videos run on ``executor`` (e.g. a Dask client's), else on ``cfg.workers``
-    local processes, else in this process.
+    local processes, else in this process. The returned table has each video's
+    ``seconds`` for reports; the stored tables have no timings.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint(cfg)
+    protocol = store.protocol_fingerprint(cfg)
     rows = list(videos.itertuples(index=False))
     names = [r.filename for r in rows]
-    target = {n: out_dir / f"{Path(n).stem}.npz" for n in names}
-    todo = {n for n in names if not _is_fresh(target[n], fp)}
+    target = {n: store.video_file(out_dir, n) for n in names}
     original_of = {
         r.filename: r.original
         for r in rows
         if cfg.reuse_originals and isinstance(r.original, str) and r.original in target
     }
+    digest = {n: _digest(chunk_dir / n) for n in names}
+    # A fake that reuses its original's tracks depends on the original's file too.
+    source = {n: digest[n] + (f"+{digest[original_of[n]]}" if n in original_of else "") for n in names}
+    fp = {n: store.video_fingerprint(protocol, source[n]) for n in names}
+    todo = {n for n in names if store.fresh_record(target[n], fp[n]) is None}
     remote = executor is not None
     threads = 1 if remote or (cfg.workers > 1 and len(todo) > 1) else 0
     jobs = [
-        _Job(n, chunk_dir / n, target[n], cfg, fp, target.get(o := original_of.get(n, "")), o, threads)
+        _Job(n, chunk_dir / n, target[n], cfg, fp[n], target.get(o := original_of.get(n, "")),
+             fp.get(o, ""), o, threads)
         for n in names
         if n in todo
-    ]
+    ]  # fmt: skip
     pool: Executor
     if executor is not None:
         pool = executor
@@ -306,17 +271,27 @@ def extract_chunk(
         if pool is not executor:
             pool.shutdown()
     keep = {p.name for p in target.values()}
-    for stale in out_dir.glob("*.npz"):
+    for stale in store.stored_files(out_dir):
         if stale.name not in keep:
             stale.unlink()
+    for leftover in out_dir.glob(f".*{store.TMP_SUFFIX}"):  # a write a killed run left half done
+        leftover.unlink(missing_ok=True)
     order = {n: i for i, n in enumerate(names)}
     done.sort(key=lambda s: order[str(s["video"])])
     table = pd.DataFrame(done, columns=["video", "status", "detail", "seconds"])
-    statuses = _write_tables(chunk_dir.name, videos, out_dir, table)
+    statuses = store.write_tables(chunk_dir.name, videos, out_dir, table).assign(seconds=table["seconds"])
     crashed = statuses[statuses["status"] == "crashed"]
     if len(crashed):
         raise ExtractionIncomplete(f"{len(crashed)} videos lost to dead workers: {crashed['detail'].iloc[0]}")
     return statuses
+
+
+def _digest(path: Path) -> str:
+    """The input's identity; a missing or unreadable one gets a digest nothing stored matches."""
+    try:
+        return store.video_digest(path)
+    except OSError:
+        return "unreadable"
 
 
 def _schedule(
@@ -360,90 +335,3 @@ def _schedule(
 
 def _crashed(job: _Job, err: BaseException) -> dict[str, object]:
     return {"video": job.video, "status": "crashed", "detail": f"{type(err).__name__}: {err}", "seconds": 0.0}
-
-
-def _write_tables(
-    chunk: str, videos: pd.DataFrame, out_dir: Path, statuses: pd.DataFrame
-) -> pd.DataFrame:
-    """Assemble ``index.parquet`` and ``videos.parquet`` from the packed files."""
-    meta = videos.set_index("filename")
-    records: list[dict[str, object]] = []
-    per_video: dict[str, dict[str, object]] = {}
-    for name in meta.index:
-        path = out_dir / f"{Path(name).stem}.npz"
-        if not path.is_file():
-            continue
-        faces, _ = load_video_faces(path)
-        per_video[name] = {
-            "n_crops": len(faces.crops),
-            "n_people": len(set(faces.persons.tolist())),
-            "width": faces.width,
-            "height": faces.height,
-            "n_frames": faces.n_frames,
-            "truncated": faces.truncated,
-            "source": faces.source,
-        }
-        for j in range(len(faces.crops)):
-            records.append(
-                {
-                    "chunk": chunk,
-                    "video": name,
-                    "frame": int(faces.frames[j]),
-                    "face": int(faces.faces[j]),
-                    "person": int(faces.persons[j]),
-                    "detected": bool(faces.detected[j]),
-                    "x1": float(faces.boxes[j, 0]),
-                    "y1": float(faces.boxes[j, 1]),
-                    "x2": float(faces.boxes[j, 2]),
-                    "y2": float(faces.boxes[j, 3]),
-                    "width": faces.width,
-                    "height": faces.height,
-                    "prob": float(faces.probs[j]),
-                    "landmarks": faces.landmarks[j].tolist(),
-                    "label": meta.at[name, "label"],
-                    "original": meta.at[name, "original"],
-                    "crop_file": path.name,
-                    "crop_idx": j,
-                }
-            )
-    index = pd.DataFrame.from_records(records, columns=INDEX_COLUMNS)
-    index.to_parquet(out_dir / INDEX_FILE, index=False)
-    found = pd.DataFrame.from_dict(per_video, orient="index", columns=list(_VIDEO_DEFAULTS))
-    statuses = statuses.assign(chunk=chunk)
-    for column, default in _VIDEO_DEFAULTS.items():
-        values = statuses["video"].map(found[column]) if len(found) else pd.Series(index=statuses.index)
-        statuses[column] = values.where(values.notna(), default).astype(type(default))
-    no_face = (statuses["status"] == "ok") & (statuses["n_crops"] == 0)
-    statuses.loc[no_face, "status"] = "no_face"
-    statuses.to_parquet(out_dir / VIDEOS_FILE, index=False)
-    return statuses
-
-
-# Per-video facts from the packed file, and their value for a video that has none.
-_VIDEO_DEFAULTS: dict[str, object] = {
-    "n_crops": 0, "n_people": 0, "width": 0, "height": 0, "n_frames": 0, "truncated": False, "source": "",
-}  # fmt: skip
-
-INDEX_COLUMNS = [
-    "chunk", "video", "frame", "face", "person", "detected", "x1", "y1", "x2", "y2", "width", "height",
-    "prob", "landmarks", "label", "original", "crop_file", "crop_idx",
-]  # fmt: skip
-
-
-def read_index(faces_dir: Path, chunks: Iterable[str]) -> pd.DataFrame:
-    """The face index of several chunks, one row per crop."""
-    frames = [pd.read_parquet(faces_dir / c / INDEX_FILE) for c in chunks]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INDEX_COLUMNS)
-
-
-def load_crops(faces_dir: Path, index: pd.DataFrame) -> np.ndarray:
-    """Crop pixels for the rows of ``index``, in row order, each packed file read once."""
-    out: list[np.ndarray | None] = [None] * len(index)
-    positions = index.reset_index(drop=True)
-    for (chunk, file), group in positions.groupby(["chunk", "crop_file"], sort=False):
-        faces, _ = load_video_faces(faces_dir / str(chunk) / str(file))
-        for pos, idx in zip(group.index, group["crop_idx"], strict=True):
-            out[pos] = faces.crops[int(idx)]
-    if not out:
-        return np.zeros((0, 1, 1, 3), np.uint8)
-    return np.stack(out)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ The checkpoint carries everything needed to rebuild the model and its input
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,9 +64,13 @@ def to_input(crops: np.ndarray, pre: Preprocess) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, crops: np.ndarray, pre: Preprocess, batch_size: int = 64
+    model: nn.Module, crops: np.ndarray | Sequence[np.ndarray], pre: Preprocess, batch_size: int = 64
 ) -> np.ndarray:
-    """Frame-level logits for a stack of crops, in order."""
+    """Frame-level logits for a stack of crops, in order.
+
+    ``crops[i:j]`` is read one batch at a time, so a ``StoredCrops`` streams from the store
+    with memory bounded by ``batch_size``.
+    """
     model.eval()
     device = next(model.parameters()).device
     out = [

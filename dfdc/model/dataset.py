@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from dfdc.data.metadata import labels_to_int
-from dfdc.faces.extract import load_crops
+from dfdc.faces.store import StoredCrops
 from dfdc.model.augment import Augment, crop_landmarks
 from dfdc.model.backbone import Preprocess
 
@@ -22,10 +22,12 @@ from dfdc.model.backbone import Preprocess
 class Split:
     """Crops of one subset with their labels (0/1) and the video each came from.
 
-    ``landmarks``, when known, holds the five landmarks of each crop in crop pixels ``(n, 5, 2)``.
+    ``crops`` is read from the crop store on demand (``StoredCrops``), or an in-memory
+    array for small tests. ``landmarks``, when known, holds the five landmarks of each crop
+    in crop pixels ``(n, 5, 2)``.
     """
 
-    crops: np.ndarray
+    crops: StoredCrops | np.ndarray
     labels: np.ndarray
     videos: np.ndarray
     landmarks: np.ndarray | None = None
@@ -34,13 +36,15 @@ class Split:
 class CropDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Crops ``(n, h, w, 3)`` uint8 with labels 0/1; augmentation optional.
 
-    The crop policy is upstream (``dfdc.faces.detect.crop_face``): without augmentation an item
-    is exactly what prediction feeds the model for the same crop.
+    Each item is read when asked for (from the store, in a ``DataLoader`` worker), so memory
+    is set by the batch size and the workers, not by the dataset. The crop policy is upstream
+    (``dfdc.faces.detect.crop_face``): without augmentation an item is exactly what
+    prediction feeds the model for the same crop.
     """
 
     def __init__(
         self,
-        crops: np.ndarray,
+        crops: StoredCrops | np.ndarray,
         labels: np.ndarray,
         pre: Preprocess,
         augment: bool,
@@ -118,17 +122,18 @@ def load_subset(
     splits: pd.DataFrame,
     subset: str,
     margin: float | None = None,
+    crop_size: int | None = None,
 ) -> Split:
-    """Crops, labels and video names of one subset, ready for training or scoring.
+    """Where the crops of one subset are, their labels and video names: nothing is read yet.
 
-    With the extraction ``margin`` the landmarks are mapped into crop pixels too (for
-    face-part cut-out).
+    With the extraction ``margin`` and ``crop_size`` the landmarks are mapped into crop pixels
+    too (for face-part cut-out).
     """
     rows = subset_rows(index, splits, subset)
-    crops = load_crops(faces_dir, rows)
+    crops = StoredCrops(faces_dir, rows)
     landmarks = None
-    if margin is not None and len(rows):
-        landmarks = crop_landmarks(rows, margin, crops.shape[1])
+    if margin is not None and crop_size is not None and len(rows):
+        landmarks = crop_landmarks(rows, margin, crop_size)
     return Split(
         crops=crops,
         labels=labels_to_int(rows["label"]),

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dfdc.config import ExtractConfig, ModelConfig, TrainConfig
-from dfdc.faces.extract import RUN_FIELDS
+from dfdc.faces.store import RUN_FIELDS, StoredCrops, crops_identity
 from dfdc.model.backbone import Checkpoint, Preprocess, build_model, predict_logits, preprocess_of
 from dfdc.model.dataset import BalancedSampler, CropDataset, Split, balanced_sampler
 from dfdc.scoring.calibrate import video_logits
@@ -119,13 +119,13 @@ def fingerprint(
     h = hashlib.sha256()
     settings = {
         "model": model_cfg.model_dump(mode="json"),
-        "extract": extract_cfg.model_dump(mode="json", exclude=RUN_FIELDS),  # what, not how
+        "extract": extract_cfg.model_dump(mode="json", exclude=set(RUN_FIELDS)),  # what, not how
         "train": cfg.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT),
         "world_size": n_ranks,
     }
     h.update(json.dumps(settings, sort_keys=True).encode())
     for split in (train_split, val_split):
-        h.update(np.ascontiguousarray(split.crops).tobytes())
+        h.update(crops_identity(split.crops).encode())  # the store's index, not the pixels
         h.update(np.asarray(split.labels, np.int64).tobytes())
         h.update("\n".join(map(str, split.videos)).encode())
     return h.hexdigest()[:16]
@@ -213,13 +213,16 @@ def _restore_best(path: Path, result: TrainResult, best: Checkpoint) -> None:
     best.save(path)
 
 
-def _gather_logits(model: nn.Module, crops: np.ndarray, pre: Preprocess, ranks: Ranks) -> np.ndarray:
+def _gather_logits(
+    model: nn.Module, crops: StoredCrops | np.ndarray, pre: Preprocess, ranks: Ranks
+) -> np.ndarray:
     """Logits of every crop, each rank scoring every ``world_size``-th one."""
     if ranks.world_size == 1:
         return predict_logits(model, crops, pre)
     for buffer in model.buffers():  # BatchNorm statistics of the last step differ by rank
         dist.broadcast(buffer, 0)
-    mine = predict_logits(model, crops[ranks.rank :: ranks.world_size], pre)
+    share = np.arange(ranks.rank, len(crops), ranks.world_size)
+    mine = predict_logits(model, crops.select(share) if isinstance(crops, StoredCrops) else crops[share], pre)
     parts: list[Any] = [None] * ranks.world_size
     dist.all_gather_object(parts, mine)
     out = np.zeros(len(crops), np.float32)
@@ -237,6 +240,7 @@ def train_loader(split: Split, pre: Preprocess, cfg: TrainConfig, ranks: Ranks =
     return DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
         drop_last=len(sampler) > cfg.batch_size, pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.num_workers > 0,  # workers read the store; start them once, not per epoch
     )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from dfdc.faces.detect import FaceDetector
 from dfdc.faces.extract import VideoFaces, faces_of_video
+from dfdc.faces.store import as_stored
 from dfdc.faces.video import VideoError
 from dfdc.model.backbone import predict_logits
 from dfdc.release.bundle import Bundle, load_bundle
@@ -39,7 +40,8 @@ def score_videos(
             faces = faces_of_video(Path(path), detector, bundle.extract)
             n_faces = len(faces.crops)
             if n_faces:
-                frame_logits = predict_logits(bundle.model, faces.crops, bundle.preprocess)
+                crops = np.stack([as_stored(c, bundle.extract) for c in faces.crops])  # as training read them
+                frame_logits = predict_logits(bundle.model, crops, bundle.preprocess)
                 logit = video_logit(frame_logits, faces.persons, bundle.calibration.aggregation)
             else:
                 status = "no_face"

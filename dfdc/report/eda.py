@@ -232,7 +232,7 @@ def difference_pairs(meta: pd.DataFrame, cfg: ReportConfig, rng: np.random.Gener
 
 def crop_pairs(faces_dir: Path | None, meta: pd.DataFrame, cfg: ReportConfig) -> Figure | None:
     """Face crops of fakes beside the crop of their original at the same frame and person."""
-    from dfdc.faces.extract import load_crops, read_index
+    from dfdc.faces.store import StoredCrops, read_index
 
     if faces_dir is None:
         return None
@@ -248,12 +248,11 @@ def crop_pairs(faces_dir: Path | None, meta: pd.DataFrame, cfg: ReportConfig) ->
     pairs = pairs.drop_duplicates("video_fake").head(cfg.pairs * 2)
     if pairs.empty:
         return None
-    where = ["chunk", "crop_file", "crop_idx"]
+    where = ["chunk", "crop_file", "crop_offset", "crop_bytes", "fingerprint"]
     try:
-        crops = {
-            side: load_crops(Path(faces_dir), pairs[[f"{c}_{side}" for c in where]].set_axis(where, axis=1))
-            for side in ("real", "fake")
-        }
+        sides = ("real", "fake")
+        rows = {side: pairs[[f"{c}_{side}" for c in where]].set_axis(where, axis=1) for side in sides}
+        crops = {side: StoredCrops(Path(faces_dir), r)[:] for side, r in rows.items()}
     except (OSError, KeyError, ValueError):  # crops of another extraction format: nothing to show
         return None
     grid = [[crops["real"][i], crops["fake"][i]] for i in range(len(pairs))]

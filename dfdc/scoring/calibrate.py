@@ -138,11 +138,11 @@ def frame_scores(
 
     Kept at frame level so every aggregation strategy is computed from the same logits.
     """
-    from dfdc.faces.extract import load_crops
+    from dfdc.faces.store import StoredCrops
     from dfdc.model.backbone import predict_logits
 
     rows = index[index["video"].isin(videos)].reset_index(drop=True)
-    logits = predict_logits(model, load_crops(faces_dir, rows), pre) if len(rows) else np.zeros(0)
+    logits = predict_logits(model, StoredCrops(faces_dir, rows), pre)  # streamed, batch by batch
     columns = [c for c in FRAME_COLUMNS if c in rows.columns]
     return rows[columns].assign(logit=np.asarray(logits, dtype=float))
 

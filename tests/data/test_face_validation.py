@@ -10,7 +10,7 @@ import pytest
 
 from dfdc.config import ValidateConfig
 from dfdc.data.validation import validate_faces, write_report
-from dfdc.faces.extract import INDEX_FILE, VIDEOS_FILE
+from dfdc.faces.store import INDEX_FILE, VIDEOS_FILE
 
 CFG = ValidateConfig()
 

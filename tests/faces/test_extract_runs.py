@@ -17,8 +17,20 @@ import pandas as pd
 import pytest
 
 from dfdc.demo.generate import DemoSpec, generate_demo_data
+from dfdc.faces import store
 from dfdc.faces.detect import crop_face
-from dfdc.faces.extract import INDEX_FILE, VIDEOS_FILE, extract_chunk, fingerprint, load_video_faces
+from dfdc.faces.extract import extract_chunk
+from dfdc.faces.store import (
+    INDEX_FILE,
+    VIDEOS_FILE,
+    as_stored,
+    protocol_fingerprint,
+    read_record,
+    read_video_crops,
+    video_digest,
+    video_file,
+    video_fingerprint,
+)
 from dfdc.faces.video import sample_frames
 
 if TYPE_CHECKING:
@@ -29,25 +41,119 @@ if TYPE_CHECKING:
     from dfdc.config import ExtractConfig
 
 
-def _stem(name: str) -> str:
-    return Path(name).stem
+def _files(out_dir: Path) -> dict[str, bytes]:
+    """Every file of a chunk's output folder (hidden ones too), by name."""
+    return {p.name: p.read_bytes() for p in sorted(out_dir.iterdir())}
 
 
-def test_worker_processes_give_the_same_output(
+def _mtimes(out_dir: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in store.stored_files(out_dir)}
+
+
+def _copy_faces(extracted: Extracted, tmp_path: Path) -> Path:
+    out_dir = tmp_path / "faces" / extracted.out_dir.name
+    shutil.copytree(extracted.out_dir, out_dir)
+    return out_dir
+
+
+def test_worker_processes_give_byte_identical_output(
     demo: Demo, chunk_meta: pd.DataFrame, extract_cfg: ExtractConfig, extracted: Extracted, tmp_path: Path
 ) -> None:
+    """workers=2 (a spawned pool) and workers=1 (the session's fresh run, in process) write the same bytes."""
+    assert extract_cfg.workers == 1
     cfg = extract_cfg.model_copy(update={"workers": 2})
-    assert fingerprint(cfg) == fingerprint(extract_cfg)  # how it runs is not what it makes
+    assert protocol_fingerprint(cfg) == protocol_fingerprint(extract_cfg)  # how it runs is not what it makes
     out_dir = tmp_path / demo.chunk_dir.name
     statuses = extract_chunk(demo.chunk_dir, chunk_meta, out_dir, cfg)
-    assert (statuses["seconds"] > 0).all()
+    assert (statuses["seconds"] > 0).all()  # a fresh extraction: every video ran
     without_time = extracted.statuses.drop(columns="seconds")
     pd.testing.assert_frame_equal(statuses.drop(columns="seconds"), without_time)
-    pd.testing.assert_frame_equal(pd.read_parquet(out_dir / INDEX_FILE), extracted.index)
+    pd.testing.assert_frame_equal(pd.read_parquet(out_dir / INDEX_FILE), extracted.index, check_exact=True)
+    got, want = _files(out_dir), _files(extracted.out_dir)
+    per_video = {video_file(out_dir, n).name for n in chunk_meta["filename"]}
+    assert set(want) == {INDEX_FILE, VIDEOS_FILE} | per_video
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name] == want[name], f"{name} differs between workers=2 and workers=1"
+
+
+# ----------------------------------------------------------------- what redoes a video
+
+
+def test_new_crop_code_version_redoes_every_video_once(
+    demo: Demo,
+    chunk_meta: pd.DataFrame,
+    extract_cfg: ExtractConfig,
+    extracted: Extracted,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out_dir = _copy_faces(extracted, tmp_path)
+    before = _mtimes(out_dir)
+    old = {n: read_record(video_file(out_dir, n)).fingerprint for n in chunk_meta["filename"]}
+    assert len(before) == len(chunk_meta)
+    old_protocol = protocol_fingerprint(extract_cfg)
+    monkeypatch.setattr(store, "CROP_CODE_VERSION", store.CROP_CODE_VERSION + 1)
+    protocol = protocol_fingerprint(extract_cfg)
+    assert protocol != old_protocol
+    statuses = extract_chunk(demo.chunk_dir, chunk_meta, out_dir, extract_cfg)
+    assert (statuses["seconds"] > 0).all()  # every video redone
+    after = _mtimes(out_dir)
+    assert set(after) == set(before)
+    assert all(after[f] != before[f] for f in before)  # every file rewritten
     for name in chunk_meta["filename"]:
-        got, _ = load_video_faces(out_dir / f"{_stem(name)}.npz")
-        want, _ = load_video_faces(extracted.out_dir / f"{_stem(name)}.npz")
-        assert got.crops.tobytes() == want.crops.tobytes()
+        fp = read_record(video_file(out_dir, name)).fingerprint
+        assert fp == video_fingerprint(protocol, video_digest(demo.chunk_dir / name))
+        assert fp != old[name]
+    index = pd.read_parquet(out_dir / INDEX_FILE)
+    assert set(index["fingerprint"]).isdisjoint(old.values())
+    # The same code version again: nothing is redone, nothing rewritten.
+    again = extract_chunk(demo.chunk_dir, chunk_meta, out_dir, extract_cfg)
+    assert (again["seconds"] == 0).all()
+    assert _mtimes(out_dir) == after
+
+
+def test_replaced_input_file_redoes_exactly_that_video(
+    demo: Demo, chunk_meta: pd.DataFrame, extract_cfg: ExtractConfig, extracted: Extracted, tmp_path: Path
+) -> None:
+    chunk = tmp_path / "raw" / demo.chunk_dir.name
+    shutil.copytree(demo.chunk_dir, chunk)
+    out_dir = _copy_faces(extracted, tmp_path)
+    with_faces = extracted.statuses.loc[extracted.statuses["n_crops"] > 0, "video"].tolist()
+    victim, donor = with_faces[0], with_faces[-1]
+    assert victim != donor
+    assert (chunk / victim).read_bytes() != (chunk / donor).read_bytes()
+    before = _mtimes(out_dir)
+    old_fp = read_record(video_file(out_dir, victim)).fingerprint
+    shutil.copy(chunk / donor, chunk / victim)  # same name, another video's bytes
+    statuses = extract_chunk(chunk, chunk_meta, out_dir, extract_cfg).set_index("video")
+    assert set(statuses.index[statuses["seconds"] > 0]) == {victim}
+    after = _mtimes(out_dir)
+    target = video_file(out_dir, victim).name
+    assert after[target] != before[target]
+    assert {k: v for k, v in after.items() if k != target} == {k: v for k, v in before.items() if k != target}
+    record = read_record(out_dir / target)
+    protocol = protocol_fingerprint(extract_cfg)
+    assert record.fingerprint != old_fp
+    assert record.fingerprint == video_fingerprint(protocol, video_digest(chunk / donor))
+    # The victim now holds the donor's video: the same fingerprint, crops and record, so the same bytes.
+    assert (out_dir / target).read_bytes() == video_file(out_dir, donor).read_bytes()
+    for name in chunk_meta["filename"]:
+        if name != victim:
+            was = read_record(video_file(extracted.out_dir, name)).fingerprint
+            assert read_record(video_file(out_dir, name)).fingerprint == was
+    index = pd.read_parquet(out_dir / INDEX_FILE)
+    same = ["frame", "face", "person", "x1", "y1", "x2", "y2", "prob", "crop_offset", "crop_bytes",
+            "fingerprint"]  # fmt: skip
+    pd.testing.assert_frame_equal(
+        index.loc[index["video"] == victim, same].reset_index(drop=True),
+        index.loc[index["video"] == donor, same].reset_index(drop=True),
+    )
+    untouched = index["video"] != victim
+    pd.testing.assert_frame_equal(
+        index[untouched].reset_index(drop=True),
+        extracted.index[extracted.index["video"] != victim].reset_index(drop=True),
+    )
 
 
 def test_index_names_people_and_frame_size(
@@ -72,7 +178,8 @@ def test_fakes_reuse_the_tracks_of_their_original(
     demo: Demo, chunk_meta: pd.DataFrame, extract_cfg: ExtractConfig, extracted: Extracted, tmp_path: Path
 ) -> None:
     cfg = extract_cfg.model_copy(update={"reuse_originals": True})
-    assert fingerprint(cfg) != fingerprint(extract_cfg)  # different crops for fakes: redone
+    # different crops for fakes: redone
+    assert protocol_fingerprint(cfg) != protocol_fingerprint(extract_cfg)
     out_dir = tmp_path / demo.chunk_dir.name
     statuses = extract_chunk(demo.chunk_dir, chunk_meta, out_dir, cfg).set_index("video")
     in_chunk = set(chunk_meta["filename"])
@@ -81,23 +188,48 @@ def test_fakes_reuse_the_tracks_of_their_original(
     index = pd.read_parquet(out_dir / INDEX_FILE)
     for fake in fakes.itertuples():
         assert statuses.at[fake.filename, "source"] == fake.original
-        original, _ = load_video_faces(out_dir / f"{_stem(fake.original)}.npz")
-        mine, _ = load_video_faces(out_dir / f"{_stem(fake.filename)}.npz")
+        original = read_record(video_file(out_dir, fake.original))
+        path = video_file(out_dir, fake.filename)
+        mine = read_record(path)
+        assert len(mine.frames) > 0
+        # The fake's fingerprint covers its own input file and its original's (whose tracks it took).
+        protocol = protocol_fingerprint(cfg)
+        digests = [video_digest(demo.chunk_dir / name) for name in (fake.filename, fake.original)]
+        both = "+".join(digests)
+        assert mine.fingerprint == video_fingerprint(protocol, both)
         # The original's boxes on the same frames, cropped from the fake's own pixels.
         np.testing.assert_array_equal(mine.frames, original.frames)
         np.testing.assert_array_equal(mine.boxes, original.boxes)
         np.testing.assert_array_equal(mine.persons, original.persons)
         frames = sample_frames(demo.chunk_dir / fake.filename, cfg.frames_per_video)
         images = dict(zip(frames.indices, frames.images, strict=True))
-        for j in range(len(mine.crops)):
+        crops = read_video_crops(path)
+        assert len(crops) == len(mine.frames)
+        for j in range(len(crops)):
             expected = crop_face(images[int(mine.frames[j])], tuple(mine.boxes[j]), cfg.margin, cfg.crop_size)
-            assert np.array_equal(mine.crops[j], expected)
-        assert set(index.loc[index["video"] == fake.filename, "crop_file"]) <= {f"{_stem(fake.filename)}.npz"}
+            assert np.array_equal(crops[j], as_stored(expected, cfg))  # stored as the store encodes it
+        assert set(index.loc[index["video"] == fake.filename, "crop_file"]) == {path.name}
     # Originals and fakes whose original is elsewhere are detected as before.
     detected = chunk_meta[~chunk_meta["filename"].isin(fakes["filename"])]["filename"]
     assert (statuses.loc[detected, "source"] == "").all()
     before = extracted.statuses.set_index("video")
     assert statuses.loc[detected, "n_crops"].to_dict() == before.loc[detected, "n_crops"].to_dict()
+
+
+def test_a_replaced_original_redoes_the_fakes_that_took_its_tracks(
+    demo: Demo, chunk_meta: pd.DataFrame, extract_cfg: ExtractConfig, tmp_path: Path
+) -> None:
+    cfg = extract_cfg.model_copy(update={"reuse_originals": True})
+    chunk_dir = Path(shutil.copytree(demo.chunk_dir, tmp_path / demo.chunk_dir.name))
+    out_dir = tmp_path / "faces" / chunk_dir.name
+    extract_chunk(chunk_dir, chunk_meta, out_dir, cfg)
+    reals = chunk_meta.loc[chunk_meta["label"] == "REAL", "filename"].tolist()
+    victim, donor = reals[0], reals[1]
+    shutil.copyfile(chunk_dir / donor, chunk_dir / victim)
+    statuses = extract_chunk(chunk_dir, chunk_meta, out_dir, cfg).set_index("video")
+    redone = set(statuses.index[statuses["seconds"] > 0])
+    fakes_of_victim = set(chunk_meta.loc[chunk_meta["original"] == victim, "filename"])
+    assert fakes_of_victim and redone == {victim} | fakes_of_victim
 
 
 # ----------------------------------------------------------------- awkward files
@@ -161,13 +293,14 @@ def test_a_chunk_of_awkward_videos_completes_with_reasons(
     failed = statuses[~statuses["status"].isin(["ok", "no_face"])]
     assert (failed["n_crops"] == 0).all()
     for name in failed.index:
-        assert not (out_dir / f"{_stem(name)}.npz").exists()
+        assert not video_file(out_dir, name).exists()
     index = pd.read_parquet(out_dir / INDEX_FILE)
     portrait = index[index["video"] == "portrait.mp4"]
     assert len(portrait) > 0
     assert (portrait["x2"] > portrait["x1"]).all()
     assert (portrait["x1"] < 120).all() and (portrait["y1"] < 160).all()
-    pd.testing.assert_frame_equal(pd.read_parquet(out_dir / VIDEOS_FILE).set_index("video"), statuses)
+    stored = pd.read_parquet(out_dir / VIDEOS_FILE).set_index("video")
+    pd.testing.assert_frame_equal(stored, statuses.drop(columns="seconds"))  # timings are not stored
 
 
 # ----------------------------------------------------------------- a killed run
@@ -213,24 +346,32 @@ def test_killed_run_resumes_without_redoing_finished_videos(
     )
     try:
         deadline = time.monotonic() + 240
-        while len(list(out_dir.glob("[0-9]*.npz"))) < 3 and proc.poll() is None:
+        while len(list(out_dir.glob(f"[0-9]*{store.SUFFIX}"))) < 3 and proc.poll() is None:
             assert time.monotonic() < deadline, "extraction never started"
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    finished = {p.name: p.stat().st_mtime_ns for p in out_dir.glob("[0-9]*.npz")}
+    finished = {p.name: p.stat().st_mtime_ns for p in out_dir.glob(f"[0-9]*{store.SUFFIX}")}
     assert 0 < len(finished) < len(meta), "the kill should land mid-chunk"
     assert not (out_dir / INDEX_FILE).exists()  # tables come at the end of a chunk
-    fp = fingerprint(extract_cfg)
+    protocol = protocol_fingerprint(extract_cfg)
+    by_file = {video_file(out_dir, n).name: n for n in meta["filename"]}
     for name in finished:  # whatever was written is whole
-        assert load_video_faces(out_dir / name)[1] == fp
+        assert read_record(out_dir / name).fingerprint == video_fingerprint(
+            protocol, video_digest(chunk / by_file[name])
+        )
+        read_video_crops(out_dir / name)  # every crop decodes
     statuses = extract_chunk(chunk, meta, out_dir, extract_cfg).set_index("video")
     redone = set(statuses.index[statuses["seconds"] > 0])
-    assert redone == {n for n in meta["filename"] if f"{_stem(n)}.npz" not in finished}
+    assert redone == {n for n in meta["filename"] if video_file(out_dir, n).name not in finished}
     for name, mtime in finished.items():
         assert (out_dir / name).stat().st_mtime_ns == mtime  # not rewritten
     assert not list(out_dir.glob("*.tmp*"))
     # The resumed chunk holds what an uninterrupted run would have.
     want = extracted.statuses.set_index("video")["n_crops"]
     assert statuses["n_crops"].to_dict() == {r.filename: want[r.source] for r in meta.itertuples()}
+    # A copy of a file is the same input: its stored file is byte for byte the session's.
+    for row in meta.itertuples():
+        got = video_file(out_dir, row.filename).read_bytes()
+        assert got == video_file(extracted.out_dir, row.source).read_bytes(), row.filename

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dfdc.config import ExtractConfig
 from dfdc.model.backbone import Preprocess, to_input
 from dfdc.model.dataset import BalancedSampler, CropDataset, balanced_sampler, load_subset, subset_rows
 from dfdc.model.train import smooth
@@ -179,24 +180,34 @@ def test_load_subset_reads_the_crops_of_its_videos(extracted: Extracted) -> None
     assert set(split.labels) <= {0, 1}
     for video, label in expected.groupby(level=0).first().items():
         assert (split.labels[split.videos == video] == (label == "FAKE")).all()
-    # The crops are the stored ones, in the subset's row order.
-    from dfdc.faces.extract import load_crops
+    # The crops are the stored ones, in the subset's row order, read through the zip members.
+    import zipfile
 
-    np.testing.assert_array_equal(split.crops, load_crops(extracted.faces_dir, rows))
+    from dfdc.faces.store import decode_crop
+
+    for i, row in enumerate(rows.itertuples()):
+        with zipfile.ZipFile(extracted.faces_dir / row.chunk / row.crop_file) as archive:
+            member = archive.read(f"{row.crop_idx:04d}.jpg")
+        np.testing.assert_array_equal(split.crops[i], decode_crop(member))
     # Subsets are disjoint and cover the index.
     train = load_subset(extracted.faces_dir, index, splits, "train")
     assert not set(train.videos) & set(split.videos)
     assert len(train.crops) + len(split.crops) == len(index)
 
 
-def test_load_subset_with_the_margin_maps_landmarks_into_the_crops(extracted: Extracted) -> None:
+def test_load_subset_with_the_margin_maps_landmarks_into_the_crops(
+    extracted: Extracted, extract_cfg: ExtractConfig
+) -> None:
     from dfdc.model.augment import crop_landmarks
 
     videos = sorted(extracted.index["video"].unique())
     splits = pd.DataFrame({"chunk": extracted.out_dir.name, "filename": videos, "subset": "train"})
     plain = load_subset(extracted.faces_dir, extracted.index, splits, "train")
     assert plain.landmarks is None
-    split = load_subset(extracted.faces_dir, extracted.index, splits, "train", margin=1 / 3)
+    size = extract_cfg.crop_size
+    split = load_subset(extracted.faces_dir, extracted.index, splits, "train", margin=1 / 3, crop_size=size)
     assert split.landmarks is not None and split.landmarks.shape == (len(split.crops), 5, 2)
+    assert split.crops[0].shape[:2] == (size, size)
     rows = subset_rows(extracted.index, splits, "train")
-    np.testing.assert_allclose(split.landmarks, crop_landmarks(rows, 1 / 3, split.crops.shape[1]))
+    np.testing.assert_allclose(split.landmarks, crop_landmarks(rows, 1 / 3, size))
+

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
-from dfdc.faces.extract import faces_of_video, load_video_faces
+from dfdc.faces.extract import faces_of_video
+from dfdc.faces.store import as_stored, read_record, read_video_crops, video_file
 from dfdc.model.backbone import predict_logits
 from dfdc.release.bundle import Bundle, build_bundle, load_bundle
 from dfdc.release.predict import list_videos, score_videos, write_submission
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from conftest import Demo, Extracted
 
+    from dfdc.config import ExtractConfig
     from dfdc.faces.detect import FaceDetector
     from dfdc.model.backbone import Checkpoint
 
@@ -82,7 +84,9 @@ def test_good_videos_are_scored_from_their_faces(
         # The logit is the mean over this video's crops, then the calibration applies.
         faces = faces_of_video(path, detector, bundle.extract)
         assert row["n_faces"] == len(faces.crops)
-        logits = predict_logits(bundle.model, faces.crops, bundle.preprocess)
+        # Prediction feeds the crops as training reads them back from the store.
+        crops = _as_stored(faces.crops, bundle.extract)
+        logits = predict_logits(bundle.model, crops, bundle.preprocess)
         assert row["logit"] == pytest.approx(float(np.mean(logits)), rel=1e-5, abs=1e-6)
         expected = np.clip(expit(row["logit"] / CAL.temperature), CAL.clip_min, CAL.clip_max)
         assert row["label"] == pytest.approx(expected)
@@ -114,19 +118,29 @@ def test_faceless_video_gets_no_face_and_the_fallback(
 # ----------------------------------------------------------------- crop parity
 
 
+def _as_stored(crops: np.ndarray, extract: ExtractConfig) -> np.ndarray:
+    return np.stack([as_stored(c, extract) for c in crops])
+
+
 def test_prediction_crops_equal_extraction_crops(
-    demo: Demo, extracted: Extracted, detector: FaceDetector, extract_cfg
+    demo: Demo, extracted: Extracted, detector: FaceDetector, extract_cfg: ExtractConfig
 ) -> None:
+    """The stored crops are the prediction path's raw crops after the store's encode and decode."""
     with_faces = extracted.statuses.loc[extracted.statuses["n_crops"] > 0, "video"].tolist()
     assert len(with_faces) >= 2
     for video in with_faces[:3]:
         live = faces_of_video(demo.chunk_dir / video, detector, extract_cfg)
-        stored, _ = load_video_faces(extracted.out_dir / f"{Path(video).stem}.npz")
-        assert live.crops.shape == stored.crops.shape
-        assert live.crops.dtype == stored.crops.dtype
-        assert live.crops.tobytes() == stored.crops.tobytes()
-        np.testing.assert_array_equal(live.frames, stored.frames)
-        np.testing.assert_array_equal(live.boxes, stored.boxes)
+        path = video_file(extracted.out_dir, video)
+        stored, record = read_video_crops(path), read_record(path)
+        expected = _as_stored(live.crops, extract_cfg)
+        assert expected.shape == stored.shape == live.crops.shape
+        assert expected.dtype == stored.dtype == np.uint8
+        assert expected.tobytes() == stored.tobytes()
+        if extract_cfg.crop_format == "jpeg":  # lossy: the raw crops alone would not match
+            assert live.crops.tobytes() != stored.tobytes()
+        np.testing.assert_array_equal(live.frames, record.frames)
+        np.testing.assert_array_equal(live.persons, record.persons)
+        np.testing.assert_array_equal(live.boxes, record.boxes)
 
 
 def stored_logits(bundle: Bundle, extracted: Extracted, videos: pd.Series) -> pd.Series:
@@ -220,9 +234,9 @@ def test_details_give_every_frame_of_every_person_with_time_codes(
     assert ok["label"] == pytest.approx(scores.loc[0, "label"])
     frames = [f for person in ok["persons"] for f in person["frames"]]
     assert len(frames) == scores.loc[0, "n_faces"]
-    assert sorted(f["logit"] for f in frames) == pytest.approx(sorted(
-        predict_logits(bundle.model, faces_of_video(good, FaceDetector(bundle.extract), bundle.extract).crops,
-                       bundle.preprocess).tolist()), rel=1e-5)  # fmt: skip
+    live = faces_of_video(good, FaceDetector(bundle.extract), bundle.extract)
+    want = predict_logits(bundle.model, _as_stored(live.crops, bundle.extract), bundle.preprocess)
+    assert sorted(f["logit"] for f in frames) == pytest.approx(sorted(want.tolist()), rel=1e-5)
     assert ok["fps"] == pytest.approx(10.0)  # the demo videos' rate
     for f in frames:
         assert f["time"] == pytest.approx(f["frame"] / ok["fps"], abs=1e-3)

@@ -12,6 +12,7 @@ from scipy.special import expit
 
 from dfdc.config import AggregateConfig
 from dfdc.faces.extract import faces_of_video
+from dfdc.faces.store import as_stored
 from dfdc.model.backbone import predict_logits
 from dfdc.release.bundle import PROTOCOL, build_bundle, load_bundle
 from dfdc.release.predict import score_videos
@@ -46,7 +47,8 @@ def test_prediction_uses_the_bundles_aggregation(
     mean_cal = Calibration(1.7, 0.02, 0.98, 0.6)
     plain = load_bundle(build_bundle(untrained_checkpoint, mean_cal, {}, tmp_path / "a"))
     faces = faces_of_video(path, detector, plain.extract)
-    z = predict_logits(plain.model, faces.crops, plain.preprocess).astype(float)
+    crops = np.stack([as_stored(c, plain.extract) for c in faces.crops])  # as prediction reads them
+    z = predict_logits(plain.model, crops, plain.preprocess).astype(float)
     assert len(z) >= 2
     # A threshold between this video's frames: the confident rule keeps only the upper ones.
     agg = AGG.model_copy(update={"fake_threshold": float(expit(np.median(z)))})
