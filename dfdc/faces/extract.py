@@ -33,31 +33,18 @@ from dfdc.faces.tracks import build_tracks
 from dfdc.faces.video import VideoError, sample_frames
 
 
-@dataclass(frozen=True)
-class VideoFaces:
+@dataclass(frozen=True, kw_only=True)
+class VideoFaces(store.FaceTracks):
     """The crops of one video and where each came from (one row per person per frame)."""
 
     crops: np.ndarray  # (n, size, size, 3) uint8
-    frames: np.ndarray  # (n,) frame index in the stream
-    faces: np.ndarray  # (n,) rank of the face within its frame
-    persons: np.ndarray  # (n,) track id: 0 is the strongest person of the video
-    boxes: np.ndarray  # (n, 4) x1, y1, x2, y2 in frame pixels
-    probs: np.ndarray  # (n,)
-    landmarks: np.ndarray  # (n, 10)
-    detected: np.ndarray  # (n,) bool: found on this frame, not interpolated along the track
-    n_sampled: int
-    n_frames: int = 0
-    width: int = 0
-    height: int = 0
-    truncated: bool = False
-    source: str = ""  # the original whose tracks were reused, "" when detected here
 
 
 def faces_of_video(
     path: Path,
     detector: FaceDetector,
     cfg: ExtractConfig,
-    reuse: VideoFaces | store.VideoRecord | None = None,
+    reuse: store.FaceTracks | None = None,
 ) -> VideoFaces:
     """Sample frames, find people, crop: the protocol shared by extraction and prediction.
 
@@ -123,7 +110,7 @@ def _tracked_hits(
     return hits
 
 
-def _reused_hits(indices: tuple[int, ...], original: VideoFaces | store.VideoRecord) -> list[_Hit]:
+def _reused_hits(indices: tuple[int, ...], original: store.FaceTracks) -> list[_Hit]:
     wanted = set(indices)
     return [
         (

@@ -109,11 +109,10 @@ def as_stored(crop: np.ndarray, cfg: ExtractConfig) -> np.ndarray:
 # ----------------------------------------------------------------- one video
 
 
-@dataclass(frozen=True)
-class VideoRecord:
-    """What the store knows of one video without its pixels (one entry per crop in the arrays)."""
+@dataclass(frozen=True, kw_only=True)
+class FaceTracks:
+    """Where the faces of one video are: one entry per crop (one person on one sampled frame)."""
 
-    fingerprint: str
     frames: np.ndarray  # (n,) frame index in the stream
     faces: np.ndarray  # (n,) rank of the face within its frame
     persons: np.ndarray  # (n,) track id: 0 is the strongest person of the video
@@ -121,14 +120,21 @@ class VideoRecord:
     probs: np.ndarray  # (n,)
     landmarks: np.ndarray  # (n, 10)
     detected: np.ndarray  # (n,) found on this frame, not interpolated along the track
-    offsets: np.ndarray  # (n,) where each crop's image starts in the file
-    sizes: np.ndarray  # (n,) its length in bytes
     n_sampled: int = 0
     n_frames: int = 0
     width: int = 0
     height: int = 0
     truncated: bool = False
     source: str = ""  # the original whose tracks were reused, "" when detected here
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoRecord(FaceTracks):
+    """What the store knows of one video without its pixels: its tracks, fingerprint and crop places."""
+
+    fingerprint: str
+    offsets: np.ndarray  # (n,) where each crop's image starts in the file
+    sizes: np.ndarray  # (n,) its length in bytes
     crop_format: str = "jpeg"
 
 
