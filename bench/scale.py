@@ -99,6 +99,15 @@ def write_store(root: Path, n_videos: int, frames: int, cfg: ExtractConfig) -> t
     return faces_dir, splits
 
 
+def _read_ms(faces_dir: Path) -> float:
+    """Milliseconds to read one crop (seek, read, JPEG decode), over every crop of the store."""
+    crops = store.StoredCrops(faces_dir, store.read_index(faces_dir, [CHUNK]))
+    start = time.perf_counter()
+    for i in range(len(crops)):
+        crops[i]
+    return (time.perf_counter() - start) * 1000 / len(crops)
+
+
 def _du_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
@@ -220,6 +229,9 @@ def main() -> None:
                       f"peak RSS {got.peak_rss_mb:.0f} MB")  # fmt: skip
             stream, memory = max(rates[False]), max(rates[True])
             print(f"streaming/in-memory images/s: {stream:.1f}/{memory:.1f} = {stream / memory:.2f}")
+            read_ms = _read_ms(faces_dir)
+            print(f"reading one crop from the store: {read_ms:.3f} ms, {read_ms * memory / 10:.1f}% of the "
+                  f"{1000 / memory:.1f} ms a training image takes in memory")  # fmt: skip
         start = time.perf_counter()
         faces_dir, splits = write_store(Path(tmp) / "scale", args.videos, frames, extract)
         store_mb = _du_mb(faces_dir)
