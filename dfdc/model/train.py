@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import time
@@ -241,6 +242,9 @@ def train_loader(split: Split, pre: Preprocess, cfg: TrainConfig, ranks: Ranks =
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
         drop_last=len(sampler) > cfg.batch_size, pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.num_workers > 0,  # workers read the store; start them once, not per epoch
+        # Workers start from a clean server process, not a fork of this one: a fork inherits the
+        # threads and handlers of Prefect, MLflow and Dask, and died under them (exit code 1).
+        multiprocessing_context=multiprocessing.get_context("forkserver") if cfg.num_workers else None,
     )  # fmt: skip
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from dfdc.config import ExtractConfig
+from dfdc.config import ExtractConfig, TrainConfig
 from dfdc.faces import store
 from dfdc.model.backbone import Preprocess
-from dfdc.model.dataset import CropDataset
+from dfdc.model.dataset import Split
+from dfdc.model.train import train_loader
 
 if TYPE_CHECKING:
     from conftest import Extracted
@@ -133,11 +133,15 @@ def test_stored_crops_stream_through_dataloader_workers(extracted: Extracted) ->
     stacked = crops[:]
     assert stacked.dtype == np.uint8 and stacked.shape[0] == len(index)
     labels = (index["label"] == "FAKE").to_numpy(int)
-    in_memory = CropDataset(stacked, labels, PRE, augment=False)
-    streamed = CropDataset(crops, labels, PRE, augment=False)
-    loader = DataLoader(streamed, batch_size=4, num_workers=2)
-    got = torch.cat([x for x, _ in loader])
-    want = torch.stack([in_memory[i][0] for i in range(len(in_memory))])
+    videos = index["video"].to_numpy()
+    # Training's own loader: two worker processes reading the store against one process holding
+    # every crop in memory, the same balanced draw; no augmentation, so items must be equal.
+    cfg = TrainConfig(batch_size=4, augment=False, seed=3)
+    streamed = train_loader(Split(crops, labels, videos), PRE, cfg.model_copy(update={"num_workers": 2}))
+    in_memory = train_loader(Split(stacked, labels, videos), PRE, cfg)
+    got = [torch.cat(parts) for parts in zip(*streamed, strict=True)]  # images, labels
+    want = [torch.cat(parts) for parts in zip(*in_memory, strict=True)]
+    assert len(got[0]) > 0
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     part = crops.select(np.arange(1, len(crops), 2))
     np.testing.assert_array_equal(part[:], stacked[1::2])
