@@ -18,6 +18,7 @@ change to any of them redoes that video and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -175,19 +176,15 @@ def write_video(
                 archive.writestr(info, data)
                 offsets.append(info.header_offset + 30 + len(info.filename.encode()) + len(info.extra))
                 sizes.append(len(data))
-            record = _replace_offsets(record, offsets, sizes, cfg.crop_format)
+            record = dataclasses.replace(
+                record, offsets=np.asarray(offsets, np.int64), sizes=np.asarray(sizes, np.int64),
+                crop_format=cfg.crop_format,
+            )  # fmt: skip
             archive.writestr(zipfile.ZipInfo(RECORD, date_time=_EPOCH), _record_json(record))
         Path(tmp).replace(path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return record
-
-
-def _replace_offsets(record: VideoRecord, offsets: list[int], sizes: list[int], fmt: str) -> VideoRecord:
-    fields = {**record.__dict__, "crop_format": fmt}
-    fields["offsets"] = np.asarray(offsets, np.int64)
-    fields["sizes"] = np.asarray(sizes, np.int64)
-    return VideoRecord(**fields)
 
 
 def read_record(path: Path) -> VideoRecord:
