@@ -79,18 +79,17 @@ def write_store(root: Path, n_videos: int, frames: int, cfg: ExtractConfig) -> t
     names = [f"{i:010d}".translate(letters) + ".mp4" for i in range(n_videos)]
     labels = ["REAL" if i % 4 == 0 else "FAKE" for i in range(n_videos)]
     originals = [None if lab == "REAL" else names[i - i % 4] for i, lab in enumerate(labels)]
-    empty = np.zeros(0, np.int64)
     for i, name in enumerate(names):
         picks = rng.integers(0, len(bank), frames)
         crops = [bank[p] for p in picks]
-        record = store.VideoRecord(
-            fingerprint=f"bench-{i}", frames=np.arange(frames, dtype=np.int32) * (300 // frames),
+        tracks = store.FaceTracks(
+            frames=np.arange(frames, dtype=np.int32) * (300 // frames),
             faces=np.zeros(frames, np.int16), persons=np.zeros(frames, np.int16),
             boxes=np.tile(np.float32(BOX), (frames, 1)), probs=np.full(frames, 0.99, np.float32),
             landmarks=np.tile(np.float32(LANDMARKS), (frames, 1)), detected=np.ones(frames, bool),
-            offsets=empty, sizes=empty, n_sampled=frames, n_frames=300, width=FRAME[0], height=FRAME[1],
+            n_sampled=frames, n_frames=300, width=FRAME[0], height=FRAME[1],
         )  # fmt: skip
-        store.write_video(store.video_file(out_dir, name), crops, record, cfg)
+        store.write_video(store.video_file(out_dir, name), crops, tracks, f"bench-{i}", cfg)
     meta = pd.DataFrame({"filename": names, "label": labels, "original": originals})
     statuses = pd.DataFrame({"video": names, "status": "ok", "detail": ""})
     store.write_tables(CHUNK, meta, out_dir, statuses)

@@ -124,16 +124,6 @@ def _reused_hits(indices: tuple[int, ...], original: store.FaceTracks) -> list[_
     ]  # fmt: skip
 
 
-def save_video_faces(
-    faces: VideoFaces, path: Path, fingerprint: str, cfg: ExtractConfig
-) -> store.VideoRecord:
-    """Store one video's crops and record (atomically) under ``fingerprint``."""
-    fields = {k: v for k, v in faces.__dict__.items() if k != "crops"}
-    empty = np.zeros(0, np.int64)
-    record = store.VideoRecord(fingerprint=fingerprint, offsets=empty, sizes=empty, **fields)
-    return store.write_video(path, list(faces.crops), record, cfg)
-
-
 # ----------------------------------------------------------------- running a chunk
 
 
@@ -177,7 +167,7 @@ def _run_job(job: _Job) -> dict[str, object]:
             faces = faces_of_video(job.path, _detector(job.cfg, job.threads), job.cfg, reuse)
             if faces.source:
                 faces = dataclasses.replace(faces, source=job.original_name)
-            save_video_faces(faces, job.target, job.fp, job.cfg)
+            store.write_video(job.target, list(faces.crops), faces, job.fp, job.cfg)
             status.update(status="ok", detail="")
             break
         except VideoError as err:  # a property of the file: retrying cannot help

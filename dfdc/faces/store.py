@@ -18,6 +18,7 @@ change to any of them redoes that video and nothing else.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -157,9 +158,9 @@ def _record_of(raw: dict[str, Any]) -> VideoRecord:
 
 
 def write_video(
-    path: Path, crops: Sequence[np.ndarray], record: VideoRecord, cfg: ExtractConfig
+    path: Path, crops: Sequence[np.ndarray], tracks: FaceTracks, fingerprint: str, cfg: ExtractConfig
 ) -> VideoRecord:
-    """Write one video's crops and record atomically; return the record with the crops' offsets.
+    """Write one video's crops and its record atomically; return the record (with the crops' offsets).
 
     A killed run leaves the old file or none, never half of one.
     """
@@ -176,9 +177,10 @@ def write_video(
                 archive.writestr(info, data)
                 offsets.append(info.header_offset + 30 + len(info.filename.encode()) + len(info.extra))
                 sizes.append(len(data))
-            record = dataclasses.replace(
-                record, offsets=np.asarray(offsets, np.int64), sizes=np.asarray(sizes, np.int64),
-                crop_format=cfg.crop_format,
+            record = VideoRecord(
+                **{f.name: getattr(tracks, f.name) for f in dataclasses.fields(FaceTracks)},
+                fingerprint=fingerprint, offsets=np.asarray(offsets, np.int64),
+                sizes=np.asarray(sizes, np.int64), crop_format=cfg.crop_format,
             )  # fmt: skip
             archive.writestr(zipfile.ZipInfo(RECORD, date_time=_EPOCH), _record_json(record))
         Path(tmp).replace(path)
@@ -313,12 +315,13 @@ class StoredCrops(Sequence[np.ndarray]):
     def __init__(self, faces_dir: Path, rows: pd.DataFrame) -> None:
         paths = rows["chunk"].astype(str) + "/" + rows["crop_file"].astype(str)
         codes, files = pd.factorize(paths, sort=False)
+        first = np.unique(codes, return_index=True)[1]  # codes number files in order of appearance
         self.faces_dir = Path(faces_dir)
         self.files = tuple(str(f) for f in files)
+        self.fingerprints = tuple(str(f) for f in rows["fingerprint"].to_numpy()[first])  # one per file
         self.file = codes.astype(np.int32)
         self.offset = rows["crop_offset"].to_numpy(np.int64)
         self.size = rows["crop_bytes"].to_numpy(np.int64)
-        self._identity = _identity(rows)
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -336,21 +339,19 @@ class StoredCrops(Sequence[np.ndarray]):
 
     def select(self, positions: np.ndarray) -> StoredCrops:
         """The crops at ``positions``, still unread (one rank's share, a sample)."""
-        out = object.__new__(StoredCrops)
-        out.faces_dir, out.files = self.faces_dir, self.files
+        out = copy.copy(self)
         out.file, out.offset, out.size = self.file[positions], self.offset[positions], self.size[positions]
-        out._identity = f"{self._identity}:{hashlib.sha256(np.asarray(positions).tobytes()).hexdigest()[:8]}"
         return out
 
     def identity(self) -> str:
-        """A hash of which stored crops these are (each video's fingerprint, each crop's place)."""
-        return self._identity
+        """A hash of which stored crops these are: each file with its video's fingerprint, each crop's place.
 
-
-def _identity(rows: pd.DataFrame) -> str:
-    keys = rows[["chunk", "crop_file", "crop_offset", "crop_bytes", "fingerprint"]]
-    hashes = pd.util.hash_pandas_object(keys, index=False).to_numpy()  # vectorised: millions of rows
-    return hashlib.sha256(hashes.tobytes()).hexdigest()[:16]
+        The folder they sit in is left out, so the same store moved elsewhere has the same identity.
+        """
+        h = hashlib.sha256("\n".join(map(" ".join, zip(self.files, self.fingerprints, strict=True))).encode())
+        for column in (self.file, self.offset, self.size):
+            h.update(column.tobytes())
+        return h.hexdigest()[:16]
 
 
 def crops_identity(crops: np.ndarray | StoredCrops) -> str:

@@ -33,13 +33,12 @@ def _crops(n: int, size: int = 48, seed: int = 0) -> list[np.ndarray]:
     return [cv2.resize(b, (size, size), interpolation=cv2.INTER_CUBIC) for b in base]
 
 
-def _record(n: int) -> store.VideoRecord:
-    empty = np.zeros(0, np.int64)
-    return store.VideoRecord(
-        fingerprint="proto-digest", frames=np.arange(n, dtype=np.int32) * 3, faces=np.zeros(n, np.int16),
+def _tracks(n: int) -> store.FaceTracks:
+    return store.FaceTracks(
+        frames=np.arange(n, dtype=np.int32) * 3, faces=np.zeros(n, np.int16),
         persons=np.zeros(n, np.int16), boxes=np.tile(np.float32([1, 2, 30, 40]), (n, 1)),
         probs=np.full(n, 0.99, np.float32), landmarks=np.zeros((n, 10), np.float32),
-        detected=np.ones(n, bool), offsets=empty, sizes=empty, n_sampled=n, n_frames=30, width=64, height=48,
+        detected=np.ones(n, bool), n_sampled=n, n_frames=30, width=64, height=48,
     )  # fmt: skip
 
 
@@ -48,7 +47,7 @@ def test_each_crop_is_read_alone_by_its_offset(tmp_path: Path, fmt: str) -> None
     cfg = ExtractConfig(crop_format=fmt)
     crops = _crops(5)
     path = tmp_path / "abcdefghij.zip"
-    record = store.write_video(path, crops, _record(5), cfg)
+    record = store.write_video(path, crops, _tracks(5), "proto-digest", cfg)
     assert record.crop_format == fmt and len(record.offsets) == 5
     with zipfile.ZipFile(path) as archive:  # a standard zip: any archive tool can open it
         names = archive.namelist()
@@ -70,7 +69,7 @@ def test_each_crop_is_read_alone_by_its_offset(tmp_path: Path, fmt: str) -> None
 def test_the_record_is_read_without_touching_the_pixels(tmp_path: Path) -> None:
     cfg = ExtractConfig()
     path = tmp_path / "v.zip"
-    written = store.write_video(path, _crops(4), _record(4), cfg)
+    written = store.write_video(path, _crops(4), _tracks(4), "proto-digest", cfg)
     data = bytearray(path.read_bytes())
     for offset, size in zip(written.offsets, written.sizes, strict=True):
         data[int(offset) : int(offset + size)] = b"\0" * int(size)  # every image destroyed
@@ -85,16 +84,16 @@ def test_the_record_is_read_without_touching_the_pixels(tmp_path: Path) -> None:
 
 def test_equal_crops_give_equal_bytes(tmp_path: Path) -> None:
     cfg = ExtractConfig()
-    store.write_video(tmp_path / "a.zip", _crops(3), _record(3), cfg)
-    store.write_video(tmp_path / "b.zip", _crops(3), _record(3), cfg)
+    store.write_video(tmp_path / "a.zip", _crops(3), _tracks(3), "proto-digest", cfg)
+    store.write_video(tmp_path / "b.zip", _crops(3), _tracks(3), "proto-digest", cfg)
     assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
-    store.write_video(tmp_path / "c.zip", _crops(3, seed=1), _record(3), cfg)
+    store.write_video(tmp_path / "c.zip", _crops(3, seed=1), _tracks(3), "proto-digest", cfg)
     assert (tmp_path / "a.zip").read_bytes() != (tmp_path / "c.zip").read_bytes()
 
 
 def test_fresh_record_refuses_other_fingerprints_and_corrupt_files(tmp_path: Path) -> None:
     path = tmp_path / "v.zip"
-    store.write_video(path, _crops(2), _record(2), ExtractConfig())
+    store.write_video(path, _crops(2), _tracks(2), "proto-digest", ExtractConfig())
     assert store.fresh_record(path, "proto-digest") is not None
     assert store.fresh_record(path, "proto-other") is None
     assert store.fresh_record(tmp_path / "missing.zip", "proto-digest") is None
