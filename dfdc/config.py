@@ -91,6 +91,8 @@ class ExtractConfig(Strict):
     workers: int = Field(2, ge=1)  # local processes, one torch thread each
     dask_address: str | None = None  # a Dask scheduler: run the videos on that cluster instead
     video_retries: int = Field(1, ge=0)  # unexpected errors of one video, retried in place
+    # the stage fails when more than this share of a chunk's videos fail (reasons tabled)
+    max_failure_share: float = Field(0.1, ge=0, le=1)
 
 
 class ModelConfig(Strict):
