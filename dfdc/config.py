@@ -51,7 +51,7 @@ class ValidateConfig(Strict):
 
 
 class SplitConfig(Strict):
-    """Shares of videos held out, by original-video group.
+    """Shares of videos held out, by a stable hash of each group (see dfdc.data.split).
 
     ``val`` selects the epoch, ``calib`` fits the temperature, ``test`` is only scored:
     calibrating on the set that chose the model would fit its optimism, not its error.
@@ -61,6 +61,8 @@ class SplitConfig(Strict):
     calib: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
+    # the unit held out: each original's family, or whole chunks (a family goes with its original's chunk)
+    group_by: Literal["original", "chunk"] = "original"
     # k >= 2 also numbers k folds by chunk (the DFDC winners' cross-validation): a family
     # takes the fold of its original's chunk, so folds never split a family either.
     folds: int = Field(0, ge=0)
@@ -93,6 +95,20 @@ class ExtractConfig(Strict):
     video_retries: int = Field(1, ge=0)  # unexpected errors of one video, retried in place
     # the stage fails when more than this share of a chunk's videos fail (reasons tabled)
     max_failure_share: float = Field(0.1, ge=0, le=1)
+
+
+class LabelsConfig(Strict):
+    """Per-crop labels from each fake's difference with its original (``dfdc.data.labels``)."""
+
+    # a fake's face counts as changed when it differs from the original's by more than this:
+    # grey levels, the mean of the largest tenth of the face box's blurred pixel differences
+    diff_threshold: float = Field(6.0, gt=0)
+    min_iou: float = Field(0.5, gt=0, le=1)  # a fake's face matches the original's face it overlaps
+    use: Literal["crop", "video"] = "crop"  # what the face model learns; "video": DFDC's label (ablation)
+    untouched: Literal["real", "drop"] = "real"  # fakes whose faces are all untouched: REAL, or left out
+    out_dir: Path = Path("data/labels")  # one parquet per chunk
+    summary: Path = Path("reports/labels.json")
+    workers: int = Field(2, ge=1)  # threads comparing fake families
 
 
 class ModelConfig(Strict):
@@ -219,6 +235,7 @@ class Params(Strict):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     split: SplitConfig = SplitConfig()
     extract: ExtractConfig = ExtractConfig()
+    labels: LabelsConfig = LabelsConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     aggregate: AggregateConfig = AggregateConfig()

@@ -67,12 +67,18 @@ def demo_data(
 @app.command()
 def validate(
     chunks: Annotated[list[Path] | None, typer.Argument(help="chunk folders (default: params)")] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(help="where the report goes (default: the stage's folder, or reports/validation-by-hand "
+                     "for folders named here, so a check by hand never makes `dvc repro` rerun anything)"),
+    ] = None,
     params: Params = "params.yaml",
 ) -> None:
     """Check metadata.json and the files on disk; exit 1 with every violation listed."""
     from flows.validate import validate_flow
 
-    state = validate_flow(params, [str(c) for c in chunks] if chunks else None, return_state=True)
+    names = [str(c) for c in chunks] if chunks else None
+    state = validate_flow(params, names, str(report_dir) if report_dir else None, return_state=True)
     if state.is_failed():
         typer.echo(state.message, err=True)
         raise typer.Exit(1)
@@ -125,7 +131,7 @@ def _stage(name: str) -> None:
     app.command(name)(run)
 
 
-for _name in ("extract", "split", "train", "calibrate", "evaluate", "package"):
+for _name in ("extract", "labels", "split", "train", "calibrate", "evaluate", "package"):
     _stage(_name)
 
 

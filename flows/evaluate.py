@@ -9,6 +9,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from dfdc.config import load_params
+from dfdc.data.labels import read_labels, video_face_labels
 from dfdc.release.registry import connect, log_artifact, log_metrics, log_table
 from dfdc.scoring.calibrate import Calibration
 from dfdc.scoring.evaluate import evaluate_test, summary_keys
@@ -26,7 +27,12 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict[str, float]:
     kinds = pd.read_csv(cfg.kinds) if cfg.kinds is not None and cfg.kinds.is_file() else None
     clip = (params.calibrate.clip_min, params.calibrate.clip_max)
     prior_sd = params.calibrate.temperature_prior_sd
-    evaluation = evaluate_test(videos, frames, cal, clip, kinds, cfg.ece_bins, cfg.recall_levels, prior_sd)
+    chunks = sorted(videos["chunk"].unique())
+    faces = video_face_labels(read_labels(params.labels.out_dir, chunks))
+    faces = faces.rename(columns={"video": "filename"})
+    evaluation = evaluate_test(
+        videos, frames, cal, clip, kinds, cfg.ece_bins, cfg.recall_levels, prior_sd, faces=faces
+    )
     metrics = {**summary_keys(evaluation.groups), **evaluation.flat("test")}
     cfg.metrics.parent.mkdir(parents=True, exist_ok=True)
     cfg.metrics.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -8,6 +8,7 @@ from prefect.states import Failed, State
 from flows.calibrate import calibrate_flow
 from flows.evaluate import evaluate_flow
 from flows.extract import extract_flow
+from flows.labels import labels_flow
 from flows.package import package_flow
 from flows.promote import promote_flow
 from flows.split import split_flow
@@ -17,11 +18,12 @@ from flows.validate import validate_flow
 
 @flow(name="pipeline")
 def pipeline_flow(params_path: str = "params.yaml") -> State | None:
-    """Validate -> extract -> split -> train -> calibrate -> evaluate -> promote -> package."""
+    """Validate -> extract -> labels -> split -> train -> calibrate -> evaluate -> promote -> package."""
     state = validate_flow(params_path, return_state=True)
     if state.is_failed():
         return Failed(message=state.message)
     extract_flow(params_path)
+    labels_flow(params_path)
     split_flow(params_path)
     train_flow(params_path)
     calibrate_flow(params_path)

@@ -17,6 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from dfdc.config import Params, load_params
+from dfdc.data.labels import read_labels, training_labels
 from dfdc.faces.store import read_index
 from dfdc.model.dataset import Split, load_subset
 from dfdc.model.train import TrainResult, pending_resume, rank, train
@@ -25,13 +26,18 @@ from dfdc.release.registry import end_killed_run, log_artifact, log_metrics, tra
 
 
 def load_splits(params: Params) -> tuple[Split, Split]:
-    """The `train` and `val` subsets, with landmarks mapped into crop pixels for cut-out."""
+    """The `train` and `val` subsets, with landmarks mapped into crop pixels for cut-out.
+
+    Training learns each crop's own label (``labels.use``); validation selects the epoch on
+    the video log loss, so it keeps the video labels the task is scored on.
+    """
     splits = pd.read_parquet(params.data.splits)
-    index = read_index(params.data.faces_dir, sorted(splits["chunk"].unique()))
+    chunks = sorted(splits["chunk"].unique())
+    index = read_index(params.data.faces_dir, chunks)
+    labelled = training_labels(index, read_labels(params.labels.out_dir, chunks), params.labels)
     cfg = params.extract
-    train_split = load_subset(
-        params.data.faces_dir, index, splits, "train", margin=cfg.margin, crop_size=cfg.crop_size
-    )
+    faces_dir = params.data.faces_dir
+    train_split = load_subset(faces_dir, labelled, splits, "train", cfg.margin, cfg.crop_size, "train_label")
     val_split = load_subset(params.data.faces_dir, index, splits, "val")
     return train_split, val_split
 

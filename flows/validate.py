@@ -11,26 +11,37 @@ from prefect.states import Completed, Failed, State
 from dfdc.config import load_params
 from dfdc.data.validation import ValidationReport, validate_chunks, validate_faces, write_report
 
-DOCS_DIR = "data_docs"  # GX Data Docs site, under validate.report_dir
+DOCS_DIR = "data_docs"  # GX Data Docs site, under the report folder
+# Where a check of folders named by hand reports, so it never touches the stage's output
+# (reports/validation/summary.json, which extract and split depend on).
+BY_HAND_DIR = Path("reports/validation-by-hand")
 
 
 @task
-def run_suite(chunk_dirs: list[Path], params_path: str) -> ValidationReport:
+def run_suite(chunk_dirs: list[Path], params_path: str, report_dir: Path) -> ValidationReport:
     """Check every chunk at once; never stops at the first violation. Builds the Data Docs."""
     params = load_params(params_path)
-    docs_dir = params.validate_.report_dir / DOCS_DIR
+    docs_dir = report_dir / DOCS_DIR
     return validate_chunks(chunk_dirs, params.validate_, params.data.name_pattern, docs_dir=docs_dir)
 
 
 @flow(name="validate")
-def validate_flow(params_path: str = "params.yaml", chunks: list[str] | None = None) -> State:
-    """Fail, with the table of every violation as the message, when the contract is broken."""
+def validate_flow(
+    params_path: str = "params.yaml", chunks: list[str] | None = None, report_dir: str | None = None
+) -> State:
+    """Fail, with the table of every violation as the message, when the contract is broken.
+
+    The pipeline's chunks report to ``validate.report_dir`` (the stage output); folders
+    named in ``chunks`` report to ``report_dir``, by default :data:`BY_HAND_DIR`.
+    """
     params = load_params(params_path)
     chunk_dirs = [Path(c) for c in chunks] if chunks else params.data.chunk_dirs()
-    report = run_suite(chunk_dirs, params_path)
-    write_report(report, params.validate_.report_dir)
+    default_dir = BY_HAND_DIR if chunks else params.validate_.report_dir
+    out_dir = Path(report_dir) if report_dir else default_dir
+    report = run_suite(chunk_dirs, params_path, out_dir)
+    write_report(report, out_dir)
     markdown = report.to_markdown()
-    docs = (params.validate_.report_dir / DOCS_DIR / "index.html").resolve()
+    docs = (out_dir / DOCS_DIR / "index.html").resolve()
     if docs.is_file():
         markdown += f"\nGreat Expectations Data Docs: [{docs.name}]({docs.as_uri()})\n"
     create_markdown_artifact(markdown, key="validation", description="metadata contract")

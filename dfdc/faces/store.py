@@ -45,7 +45,8 @@ INDEX_FILE = "index.parquet"
 VIDEOS_FILE = "videos.parquet"
 SUFFIX = ".zip"
 TMP_SUFFIX = ".tmp"  # hidden (``.name.tmp``) until complete, then renamed to ``<stem>.zip``
-RUN_FIELDS = frozenset({"device", "workers", "dask_address", "video_retries", "max_failure_share"})  # how, not what
+# how, not what: settings that change no crop
+RUN_FIELDS = frozenset({"device", "workers", "dask_address", "video_retries", "max_failure_share"})
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip member time: fixed, so equal crops give equal bytes
 _HEAD = 1 << 16  # bytes hashed at each end of a video (the mp4 index lives at one of them)
 _EXT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}

@@ -123,11 +123,13 @@ def load_subset(
     subset: str,
     margin: float | None = None,
     crop_size: int | None = None,
+    label_column: str = "label",
 ) -> Split:
     """Where the crops of one subset are, their labels and video names: nothing is read yet.
 
     With the extraction ``margin`` and ``crop_size`` the landmarks are mapped into crop pixels
-    too (for face-part cut-out).
+    too (for face-part cut-out). ``label_column`` names what is learnt: the video label, or
+    each crop's own (``train_label``, from ``dfdc.data.labels.training_labels``).
     """
     rows = subset_rows(index, splits, subset)
     crops = StoredCrops(faces_dir, rows)
@@ -136,7 +138,7 @@ def load_subset(
         landmarks = crop_landmarks(rows, margin, crop_size)
     return Split(
         crops=crops,
-        labels=labels_to_int(rows["label"]),
+        labels=labels_to_int(rows[label_column]),
         videos=rows["video"].to_numpy(),
         landmarks=landmarks,
     )

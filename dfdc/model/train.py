@@ -286,8 +286,11 @@ def _fit(
     if ranks.world_size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[ranks.local_rank] if cuda else None)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # A tiny run (a handful of steps) still needs a warm-up of at least one whole step:
+    # OneCycleLR divides by the warm-up's length in steps.
+    total = max(cfg.epochs * len(loader), 4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader), pct_start=cfg.warmup
+        optimiser, max_lr=cfg.lr, total_steps=total, pct_start=max(cfg.warmup, 1.5 / total)
     )
     amp = cfg.amp and cuda
     scaler = torch.amp.GradScaler("cuda", enabled=amp)

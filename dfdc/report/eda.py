@@ -39,6 +39,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("frames", "Sampled frames: real vs fake"),
     ("difference", "A fake beside its original, with their absolute difference"),
     ("crops", "Face crops: real vs fake pairs"),
+    ("labels", "Which faces of the fakes differ from their originals"),
     ("detectors", "Haar cascades vs MTCNN on the same frames"),
 )
 HAAR_CASCADES = {
@@ -339,6 +340,19 @@ th{background:#f2f2f2}h2{border-bottom:1px solid #ddd;margin-top:2em}img{max-wid
 """
 
 
+def labels_table(labels: pd.DataFrame | None) -> pd.DataFrame:
+    """Fakes per chunk by what their faces show: changed, untouched (voice-only?), no original."""
+    if labels is None or not len(labels):
+        return pd.DataFrame()
+    from dfdc.data.labels import video_face_labels
+
+    faces = video_face_labels(labels)
+    table = faces.groupby(["chunk", "face"]).size().unstack(fill_value=0).reset_index()
+    crops = labels[labels["label_source"] != "real"].groupby("chunk")["crop_label"]
+    share = crops.apply(lambda s: round(float((s == "FAKE").mean()), 3)).rename("fake crops share")
+    return table.merge(share.reset_index(), on="chunk", how="left")
+
+
 def _table(frame: pd.DataFrame, empty: str) -> str:
     if frame.empty:
         return f'<p class="note">{html.escape(empty)}</p>'
@@ -355,8 +369,9 @@ def build_report(
     faces_dir: Path | None,
     cfg: ReportConfig,
     extract_cfg: ExtractConfig,
+    labels: pd.DataFrame | None = None,
 ) -> str:
-    """The whole report as one HTML string (figures embedded)."""
+    """The whole report as one HTML string (figures embedded); ``labels`` from the labels stage."""
     inv = inventory(chunk_dirs)
     meta = inv.meta
     rng = np.random.default_rng(cfg.seed)
@@ -386,6 +401,12 @@ def build_report(
     )
     parts["crops"] = figure_or_note(
         lambda: crop_pairs(faces_dir, meta, cfg), "no face index with crops of a fake and its original"
+    )
+    no_labels = "no labels yet (the labels stage runs after extraction)"
+    parts["labels"] = _table(labels_table(labels), no_labels) + (
+        '<p class="note">Each crop of a fake is compared with its original\'s crop at the same frame. '
+        "Faces that do not differ are labelled REAL for the face model; a fake whose faces all match "
+        "is <em>untouched</em> (a candidate voice-only fake). The video label stays as DFDC gives it.</p>"
     )
     figure, rates = detector_comparison(meta, cfg, extract_cfg, rng)
     parts["detectors"] = (

@@ -187,11 +187,14 @@ def evaluate_test(
     ece_bins: int = 15,
     recall_levels: Sequence[float] = (0.9,),
     prior_sd: float | None = None,
+    faces: pd.DataFrame | None = None,
 ) -> Evaluation:
     """Metrics on the test subset of ``videos`` (``filename``, ``chunk``, ``subset``, ``y``, ``logit``).
 
     Groups: the whole test subset; ``by_chunk.<chunk>``; ``by_kind.<kind>`` (that kind's
-    fakes with all real test videos, when ``kinds`` names them); ``by_aggregation.<s>``
+    fakes with all real test videos, when ``kinds`` names them); ``by_face.<face>`` (fakes
+    whose faces ``changed``, stayed ``untouched`` or had no ``original_missing`` to compare
+    with, from ``faces``: ``chunk``, ``filename``, ``face``; with all reals); ``by_aggregation.<s>``
     for every strategy, each with its own temperature fitted on the calib subset from
     the same ``frames`` (with the temperature prior ``prior_sd``, as calibration does).
     """
@@ -209,13 +212,14 @@ def evaluate_test(
     groups = {"": block(everyone, logits, cal)}
     for chunk in sorted(test["chunk"].unique()):
         groups[f"by_chunk.{chunk}"] = block(test["chunk"] == chunk, logits, cal)
-    if kinds is not None and len(kinds):
-        known = kinds[["chunk", "filename", "kind"]].drop_duplicates(["chunk", "filename"])
-        kind = test.merge(known, on=["chunk", "filename"], how="left")["kind"]
-        test["kind"] = kind.to_numpy()
-        real = (test["y"] == 0).to_numpy()
-        for name in sorted(k for k in test.loc[~real, "kind"].dropna().unique()):
-            groups[f"by_kind.{name}"] = block(real | (test["kind"] == name).to_numpy(), logits, cal)
+    real = (test["y"] == 0).to_numpy()
+    for column, table in (("kind", kinds), ("face", faces)):
+        if table is None or not len(table):
+            continue
+        known = table[["chunk", "filename", column]].drop_duplicates(["chunk", "filename"])
+        test[column] = test.merge(known, on=["chunk", "filename"], how="left")[column].to_numpy()
+        for name in sorted(k for k in test.loc[~real, column].dropna().unique()):
+            groups[f"by_{column}.{name}"] = block(real | (test[column] == name).to_numpy(), logits, cal)
     chosen = as_config(cal.aggregation)
     for strategy in STRATEGIES:
         cfg: AggregateConfig = chosen.model_copy(update={"strategy": strategy})

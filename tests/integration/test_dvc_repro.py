@@ -36,6 +36,14 @@ def test_repro_runs_every_stage_then_only_what_changed(project: tuple[Path, dict
     assert ran(again) == set()
     assert "up to date" in run(["dvc", "status"], root, env)
 
+    # A check by hand of any folder reports elsewhere and so changes nothing DVC tracks;
+    # rerunning the stage itself rewrites its Data Docs (new run ids), which nothing depends on.
+    run(["dfdc", "validate", "data/raw/dfdc_train_part_1"], root, env)
+    assert (root / "reports/validation-by-hand/summary.json").is_file()
+    assert "up to date" in run(["dvc", "status"], root, env)
+    assert ran(run(["dvc", "repro", "--force", "--single-item", "validate"], root, env)) == {"validate"}
+    assert "up to date" in run(["dvc", "status"], root, env)
+
     # A run setting (worker processes) reruns extraction, which redoes no video and writes
     # the same bytes: data/faces keeps its hash and nothing downstream of it reruns.
     faces_hash = faces_md5(root)

@@ -1,0 +1,38 @@
+"""Stage `labels`: each crop's own label, from its fake's difference with the original."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from dfdc.config import Params, load_params
+from dfdc.data.labels import label_chunk, store_locations, summarize, write_labels, write_summary
+
+
+@task(cache_policy=NO_CACHE)
+def label(params: Params, chunk: str, locations: dict) -> pd.DataFrame:
+    """Label one chunk's crops and write ``labels.out_dir/<chunk>.parquet``."""
+    table = label_chunk(params.data.faces_dir, chunk, locations, params.labels, params.extract.margin)
+    write_labels(table, params.labels.out_dir / f"{chunk}.parquet")
+    return table
+
+
+@flow(name="labels")
+def labels_flow(params_path: str = "params.yaml") -> dict[str, float]:
+    """Label every chunk of the crop store; the summary goes to ``labels.summary`` and Prefect.
+
+    Chunks run one after another, each comparing its fake families in threads; an original
+    stored in another chunk is found through every chunk's video table.
+    """
+    params = load_params(params_path)
+    chunks = [d.name for d in params.data.chunk_dirs()]
+    locations = store_locations(params.data.faces_dir, chunks)
+    tables = [label(params, chunk, locations) for chunk in chunks]
+    summary = summarize(pd.concat(tables, ignore_index=True), params.labels)
+    write_summary(summary, params.labels.summary)
+    lines = ["| figure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in summary.items())]
+    create_markdown_artifact("\n".join(lines), key="labels", description="fake-original differences")
+    print(", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    return summary
