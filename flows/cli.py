@@ -125,7 +125,10 @@ def _stage(name: str) -> None:
         import importlib
 
         flow = getattr(importlib.import_module(f"flows.{name}"), f"{name}_flow")
-        flow(params)
+        state = flow(params, return_state=True)
+        if state.is_failed():  # one line (or a table) naming the problem, no traceback
+            typer.echo(state.message, err=True)
+            raise typer.Exit(1)
 
     run.__doc__ = f"Run the `{name}` stage (its Prefect flow)."
     app.command(name)(run)

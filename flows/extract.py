@@ -14,11 +14,12 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
+from prefect.states import Failed, State
 from tqdm import tqdm
 
 from dfdc.config import ExtractConfig, load_params
 from dfdc.data.metadata import read_chunks
-from dfdc.faces.extract import extract_chunk
+from dfdc.faces.extract import FailureBudgetExceeded, check_failure_budget, extract_chunk, failed
 
 
 @task(retries=1, retry_delay_seconds=5)
@@ -59,13 +60,13 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per chunk: videos, crops, failures, seconds per extracted video."""
     worked = table["seconds"] > 0
     return (
-        table.assign(extracted=worked, busy=table["seconds"].where(worked))
+        table.assign(extracted=worked, busy=table["seconds"].where(worked), failed=failed(table))
         .groupby("chunk")
         .agg(
             videos=("video", "size"),
             extracted=("extracted", "sum"),
             crops=("n_crops", "sum"),
-            failures=("status", lambda s: int((~s.isin(["ok", "no_face"])).sum())),
+            failures=("failed", "sum"),
             no_face=("status", lambda s: int((s == "no_face").sum())),
             reused=("source", lambda s: int((s != "").sum())),
             seconds_per_video=("busy", "mean"),
@@ -90,8 +91,15 @@ def _extract_on_dask(params_path: str) -> list[pd.DataFrame]:
 
 
 @flow(name="extract")
-def extract_flow(params_path: str = "params.yaml") -> pd.DataFrame:
-    """Every chunk of ``params.data``; a table artifact summarises videos, faces, failures."""
+def extract_flow(params_path: str = "params.yaml") -> pd.DataFrame | State:
+    """Every chunk of ``params.data``; a table artifact summarises videos, faces, failures.
+
+    Fails when more than ``extract.max_failure_share`` of a chunk's videos failed (see
+    ``dfdc.faces.extract.failed``), after every chunk has stored its good videos. The
+    failure is returned as a state holding the error: a caller still gets
+    ``FailureBudgetExceeded`` raised, the state's message is the table of reasons, and the
+    engine logs no traceback for what is a finding about the data.
+    """
     params = load_params(params_path)
     chunk_dirs = params.data.chunk_dirs()
     meta = read_chunks(chunk_dirs)
@@ -108,9 +116,12 @@ def extract_flow(params_path: str = "params.yaml") -> pd.DataFrame:
     table = pd.concat(statuses, ignore_index=True)
     summary = _summary(table)
     create_table_artifact(summary.round(3).to_dict("records"), key="extraction")
-    failed = table[~table["status"].isin(["ok"])]
-    for row in failed.itertuples():
+    for row in table[table["status"] != "ok"].itertuples():
         print(f"{row.chunk}/{row.video}: {row.status} {row.detail}".rstrip())
+    try:
+        check_failure_budget(table, params.extract.max_failure_share)
+    except FailureBudgetExceeded as err:
+        return Failed(message=str(err), data=err)
     from flows.validate import check_face_index  # the face-index suite (issue 3)
 
     check_face_index(params_path)

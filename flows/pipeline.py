@@ -22,7 +22,9 @@ def pipeline_flow(params_path: str = "params.yaml") -> State | None:
     state = validate_flow(params_path, return_state=True)
     if state.is_failed():
         return Failed(message=state.message)
-    extract_flow(params_path)
+    state = extract_flow(params_path, return_state=True)
+    if state.is_failed():  # over the failure budget: the reasons, not a traceback
+        return Failed(message=state.message)
     labels_flow(params_path)
     split_flow(params_path)
     train_flow(params_path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
@@ -206,10 +207,11 @@ def extract_chunk(
 
     ``videos`` holds the chunk's metadata rows (``filename``, ``label``, ``original``).
     Finished videos (same fingerprint) are skipped; failures are recorded with their
-    reason and never stop the chunk. Originals run first and their fakes reuse their
-    tracks. Videos run on ``executor`` (e.g. a Dask client's), else on ``cfg.workers``
-    local processes, else in this process. The returned table has each video's
-    ``seconds`` for reports; the stored tables have no timings.
+    reason and never stop the chunk (:func:`check_failure_budget` judges the table
+    afterwards). Originals run first and their fakes reuse their tracks. Videos run on
+    ``executor`` (e.g. a Dask client's), else on ``cfg.workers`` local processes, else
+    in this process. The returned table has each video's ``seconds`` for reports; the
+    stored tables have no timings.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     protocol = store.protocol_fingerprint(cfg)
@@ -312,3 +314,74 @@ def _schedule(
 
 def _crashed(job: _Job, err: BaseException) -> dict[str, object]:
     return {"video": job.video, "status": "crashed", "detail": f"{type(err).__name__}: {err}", "seconds": 0.0}
+
+
+# ----------------------------------------------------------------- a failure budget
+
+# Statuses that are not failures: extracted, or readable with nobody in it (DFDC has such
+# clips; training and prediction handle them). Any other status, one added later included,
+# counts against the budget until it is listed here.
+USABLE = frozenset({"ok", "no_face"})
+_EXAMPLES = 3  # file names shown per reason
+_DETAIL_CHARS = 100
+_QUOTED_PATH = re.compile(r"(['\"])[^'\"]*[/\\]([^/\\'\"]+)\1")  # a quoted path: its name is enough
+
+
+class FailureBudgetExceeded(RuntimeError):
+    """More of a chunk's videos failed than ``extract.max_failure_share``; the good ones are stored."""
+
+
+def failed(statuses: pd.DataFrame) -> pd.Series:
+    """Which videos failed: every status but ``ok`` and ``no_face``.
+
+    That is a file missing, unreadable, undecodable, audio-only or empty, an exception
+    while extracting (``error``) or a dead worker (``crashed``). A readable video with no
+    face is data, not a failure of the pipeline.
+    """
+    return ~statuses["status"].isin(USABLE)
+
+
+def check_failure_budget(statuses: pd.DataFrame, max_share: float) -> None:
+    """Raise :class:`FailureBudgetExceeded` when more than ``max_share`` of a chunk's videos failed.
+
+    ``statuses`` is :func:`extract_chunk`'s table (of one chunk or several). Call it after
+    extraction, which stores every good video and both tables whatever the outcome, so a
+    rerun after fixing or dropping the bad files redoes only those. A chunk exactly at the
+    budget passes; the message has one block per chunk over it.
+    """
+    blocks = [
+        _budget_report(str(chunk), rows, max_share)
+        for chunk, rows in statuses.groupby("chunk", sort=False)
+        if failed(rows).sum() > max_share * len(rows)
+    ]
+    if blocks:
+        hint = (
+            "The good videos are stored: fix or remove the failed files (or raise "
+            "extract.max_failure_share) and rerun; finished videos are not redone."
+        )
+        raise FailureBudgetExceeded("\n".join([*blocks, hint]))
+
+
+def _budget_report(chunk: str, rows: pd.DataFrame, max_share: float) -> str:
+    """A line naming the chunk and its failed share against the budget, then a table of reasons."""
+    bad = rows[failed(rows)]
+    head = (
+        f"{chunk}: {len(bad)} of {len(rows)} videos failed ({len(bad) / len(rows):.1%}), "
+        f"more than the budget extract.max_failure_share = {max_share:.1%}"
+    )
+    groups = sorted(bad.groupby("status", sort=False), key=lambda g: (-len(g[1]), str(g[0])))
+    width = max(len("reason"), *(len(str(status)) for status, _ in groups))
+    lines = [f"  {'reason':<{width}}  videos  examples (first detail)"]
+    lines += [_reason_line(str(status), group, width) for status, group in groups]
+    return "\n".join([head, *lines])
+
+
+def _reason_line(status: str, group: pd.DataFrame, width: int) -> str:
+    """``status  count  a few names (the first one's detail, on one line)``."""
+    names = group["video"].astype(str).tolist()
+    more = len(names) - _EXAMPLES
+    examples = ", ".join(names[:_EXAMPLES]) + (f", +{more} more" if more > 0 else "")
+    detail = _QUOTED_PATH.sub(r"\1\2\1", " ".join(str(group["detail"].iloc[0]).split()))
+    if len(detail) > _DETAIL_CHARS:
+        detail = detail[: _DETAIL_CHARS - 1] + "…"
+    return f"  {status:<{width}}  {len(names):>6}  {examples}" + (f"  ({detail})" if detail else "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from dfdc.model.backbone import predict_logits
 from dfdc.release.bundle import Bundle, load_bundle
 from dfdc.scoring.aggregate import video_logit
 
+_LOG = logging.getLogger(__name__)
+
 
 def score_videos(
     bundle: Bundle, paths: Sequence[Path], progress: bool = True, details: bool = False
@@ -28,37 +31,65 @@ def score_videos(
     """One row per input: ``filename``, ``label`` (P(FAKE)), ``status``, ``detail``, ``n_faces``.
 
     A video that cannot be read or shows no face still gets a row, with the
-    calibrated fallback probability and the reason in ``status``. With ``details`` a
+    calibrated fallback probability and the reason in ``status`` (``decode_error``,
+    ``no_face`` ...). Any other exception on one video gives it an ``error`` row (the
+    exception, on one line, in ``detail``) and the run goes on: one bad file must not
+    cost a submission. ``KeyboardInterrupt`` still stops it. With ``details`` a
     ``details`` column holds each video's per-person, per-frame scores and time codes.
     """
     detector = FaceDetector(bundle.extract)
     rows = []
     for path in tqdm(paths, desc="scoring", disable=not progress):
-        status, detail, logit, n_faces = "ok", "", float("nan"), 0
-        faces, frame_logits = None, np.zeros(0, np.float32)
         try:
-            faces = faces_of_video(Path(path), detector, bundle.extract)
-            n_faces = len(faces.crops)
-            if n_faces:
-                crops = np.stack([as_stored(c, bundle.extract) for c in faces.crops])  # as training read them
-                frame_logits = predict_logits(bundle.model, crops, bundle.preprocess)
-                logit = video_logit(frame_logits, faces.persons, bundle.calibration.aggregation)
-            else:
-                status = "no_face"
-        except VideoError as err:
-            status, detail = err.reason, err.detail
-        row: dict[str, Any] = {
-            "filename": Path(path).name,
-            "label": float(bundle.calibration.probability(np.array([logit]))[0]),
-            "status": status,
-            "detail": detail,
-            "n_faces": n_faces,
-            "logit": logit,
-        }
-        if details:
-            row["details"] = _video_details(bundle, Path(path), faces, frame_logits)
+            row = _score_video(bundle, detector, Path(path), details)
+        except Exception as err:
+            row = _error_row(bundle, Path(path), err, details)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _score_video(bundle: Bundle, detector: FaceDetector, path: Path, details: bool) -> dict[str, Any]:
+    """One video's row; an unreadable or faceless video is a status, not an exception."""
+    status, detail, logit, n_faces = "ok", "", float("nan"), 0
+    faces, frame_logits = None, np.zeros(0, np.float32)
+    try:
+        faces = faces_of_video(path, detector, bundle.extract)
+        n_faces = len(faces.crops)
+        if n_faces:
+            crops = np.stack([as_stored(c, bundle.extract) for c in faces.crops])  # as training read them
+            frame_logits = predict_logits(bundle.model, crops, bundle.preprocess)
+            logit = video_logit(frame_logits, faces.persons, bundle.calibration.aggregation)
+        else:
+            status = "no_face"
+    except VideoError as err:
+        status, detail = err.reason, err.detail
+    row = _row(bundle, path, status, detail, n_faces, logit)
+    if details:
+        row["details"] = _video_details(bundle, path, faces, frame_logits)
+    return row
+
+
+def _error_row(bundle: Bundle, path: Path, err: Exception, details: bool) -> dict[str, Any]:
+    """The fallback row of a video whose scoring raised; the reason is logged too."""
+    reason = " ".join(f"{type(err).__name__}: {err}".split())
+    trace = _LOG.isEnabledFor(logging.DEBUG)  # the traceback only when asked for
+    _LOG.warning("%s: scored with the fallback after %s", path.name, reason, exc_info=trace)
+    row = _row(bundle, path, "error", reason, 0, float("nan"))
+    if details:
+        row["details"] = _video_details(bundle, path, None, np.zeros(0, np.float32))
+    return row
+
+
+def _row(bundle: Bundle, path: Path, status: str, detail: str, n_faces: int, logit: float) -> dict[str, Any]:
+    """A submission row: a NaN logit (no usable face) gets the calibrated fallback."""
+    return {
+        "filename": path.name,
+        "label": float(bundle.calibration.probability(np.array([logit]))[0]),
+        "status": status,
+        "detail": detail,
+        "n_faces": n_faces,
+        "logit": logit,
+    }
 
 
 def _video_fps(path: Path) -> float:

@@ -19,7 +19,7 @@ import pytest
 from dfdc.demo.generate import DemoSpec, generate_demo_data
 from dfdc.faces import store
 from dfdc.faces.detect import crop_face
-from dfdc.faces.extract import extract_chunk
+from dfdc.faces.extract import FailureBudgetExceeded, check_failure_budget, extract_chunk, failed
 from dfdc.faces.store import (
     INDEX_FILE,
     VIDEOS_FILE,
@@ -301,6 +301,116 @@ def test_a_chunk_of_awkward_videos_completes_with_reasons(
     assert (portrait["x1"] < 120).all() and (portrait["y1"] < 160).all()
     stored = pd.read_parquet(out_dir / VIDEOS_FILE).set_index("video")
     pd.testing.assert_frame_equal(stored, statuses.drop(columns="seconds"))  # timings are not stored
+
+
+# ----------------------------------------------------------------- a failure budget
+
+
+def _broken_files(good: bytes) -> dict[str, bytes]:
+    """Files a chunk can really hold that no decoder reads (DFDC-style names)."""
+    return {
+        "zerobytesx.mp4": b"",
+        "randombyte.mp4": np.random.default_rng(3).bytes(30_000),
+        "textfileab.mp4": b"this is a text file\n" * 50,
+        "headeronly.mp4": good[:2_000],  # cut before the first frame and the mp4 index
+    }
+
+
+def _chunk_with(demo: Demo, chunk: Path, good: list[str], extra: dict[str, bytes]) -> pd.DataFrame:
+    """``chunk`` holding copies of the demo's ``good`` videos and ``extra`` files; its metadata rows."""
+    chunk.mkdir(parents=True)
+    for name in good:
+        shutil.copy(demo.chunk_dir / name, chunk / name)
+    for name, content in extra.items():
+        (chunk / name).write_bytes(content)
+    return pd.DataFrame({"filename": [*good, *extra], "label": "REAL", "original": None})
+
+
+def test_a_chunk_over_its_failure_budget_fails_after_storing_the_good_videos(
+    demo: Demo, extract_cfg: ExtractConfig, extracted: Extracted, tmp_path: Path
+) -> None:
+    with_faces = extracted.statuses.loc[extracted.statuses["n_crops"] > 0, "video"].tolist()[:3]
+    broken = _broken_files((demo.chunk_dir / with_faces[0]).read_bytes())
+    chunk = tmp_path / "dfdc_train_part_4"
+    meta = _chunk_with(demo, chunk, with_faces, broken)
+    out_dir = tmp_path / "faces" / chunk.name
+    statuses = extract_chunk(chunk, meta, out_dir, extract_cfg).set_index("video")
+    assert failed(statuses).sum() == len(broken)
+    assert extract_cfg.max_failure_share == 0.1
+    with pytest.raises(FailureBudgetExceeded) as info:
+        check_failure_budget(statuses.reset_index(), extract_cfg.max_failure_share)
+    message = str(info.value)
+    lines = message.splitlines()
+    assert lines[0] == (
+        "dfdc_train_part_4: 4 of 7 videos failed (57.1%), more than the budget "
+        "extract.max_failure_share = 10.0%"
+    )
+    assert lines[1].split() == ["reason", "videos", "examples", "(first", "detail)"]
+    reason, count, *examples = lines[2].split()
+    assert (reason, count) == ("decode_error", "4")
+    assert " ".join(examples).startswith("zerobytesx.mp4, randombyte.mp4, textfileab.mp4, +1 more")
+    assert "'zerobytesx.mp4'" in lines[2] and str(tmp_path) not in message  # a name, not a path
+    assert lines[-1].startswith("The good videos are stored")
+    # Everything good was written before the error: store files, index rows, the videos table.
+    index = pd.read_parquet(out_dir / INDEX_FILE)
+    key, box = ["video", "frame", "person"], ["x1", "y1", "x2", "y2"]
+    session = extracted.index.set_index(key)
+    for name in with_faces:
+        assert video_file(out_dir, name).is_file()
+        mine = index[index["video"] == name].set_index(key)
+        assert len(mine) == statuses.at[name, "n_crops"] > 0
+        pd.testing.assert_frame_equal(mine[box], session.loc[mine.index, box])  # the session's crops
+    assert sorted(pd.read_parquet(out_dir / VIDEOS_FILE)["video"]) == sorted(meta["filename"])
+    for name in broken:
+        assert not video_file(out_dir, name).exists()
+    # Dropping the broken files (the fix) reruns nothing that was finished, and passes.
+    fixed = extract_chunk(chunk, meta[meta["filename"].isin(with_faces)], out_dir, extract_cfg)
+    assert (fixed["seconds"] == 0).all()
+    check_failure_budget(fixed, extract_cfg.max_failure_share)
+
+
+def test_a_chunk_at_its_failure_budget_passes_and_faceless_videos_are_not_failures(
+    demo: Demo,
+    chunk_meta: pd.DataFrame,
+    extract_cfg: ExtractConfig,
+    extracted: Extracted,
+    faceless_mp4: Callable[[Path], Path],
+    tmp_path: Path,
+) -> None:
+    blank = faceless_mp4(tmp_path / "blank.mp4").read_bytes()
+    extra = {"zerobytesx.mp4": b"", "blankvideo.mp4": blank}
+    chunk = tmp_path / "raw" / demo.chunk_dir.name
+    meta = _chunk_with(demo, chunk, chunk_meta["filename"].tolist(), extra)
+    out_dir = _copy_faces(extracted, tmp_path)  # the demo's videos are finished already
+    statuses = extract_chunk(chunk, meta, out_dir, extract_cfg).set_index("video")
+    assert len(statuses) == 10
+    assert statuses.at["zerobytesx.mp4", "status"] == "decode_error"
+    assert statuses.at["blankvideo.mp4", "status"] == "no_face"
+    assert failed(statuses).tolist() == [name == "zerobytesx.mp4" for name in statuses.index]
+    check_failure_budget(statuses.reset_index(), 0.1)  # 1 of 10: at the budget, not over it
+    with pytest.raises(FailureBudgetExceeded, match=r"1 of 10 videos failed \(10\.0%\)"):
+        check_failure_budget(statuses.reset_index(), 0.09)
+
+
+def test_failure_budget_names_every_chunk_over_it_and_each_reason(extract_cfg: ExtractConfig) -> None:
+    """Statuses of two chunks (as the flow concatenates them): one over, one within."""
+    rows = [("dfdc_train_part_1", f"good{i:06d}.mp4", "ok", "") for i in range(9)]
+    rows += [("dfdc_train_part_1", "brokenaaaa.mp4", "decode_error", "cannot open")]  # 10%: within
+    rows += [("dfdc_train_part_2", f"good{i:06d}.mp4", "ok", "") for i in range(2)]
+    rows += [("dfdc_train_part_2", f"err{i:07d}.mp4", "error", "RuntimeError: boom\nsecond line")
+             for i in range(5)]  # fmt: skip
+    rows += [("dfdc_train_part_2", "crashedaaa.mp4", "crashed", "BrokenProcessPool: dead"),
+             ("dfdc_train_part_2", "missingaaa.mp4", "missing", "")]  # fmt: skip
+    table = pd.DataFrame(rows, columns=["chunk", "video", "status", "detail"])
+    with pytest.raises(FailureBudgetExceeded) as info:
+        check_failure_budget(table, extract_cfg.max_failure_share)
+    lines = str(info.value).splitlines()
+    assert "dfdc_train_part_1" not in str(info.value)
+    assert lines[0].startswith("dfdc_train_part_2: 7 of 9 videos failed (77.8%)")
+    body = [line.split()[:2] for line in lines[2:5]]
+    assert body == [["error", "5"], ["crashed", "1"], ["missing", "1"]]  # most first, then by name
+    examples = "err0000000.mp4, err0000001.mp4, err0000002.mp4, +2 more"
+    assert lines[2].endswith(f"{examples}  (RuntimeError: boom second line)")  # the first detail, one line
 
 
 # ----------------------------------------------------------------- a killed run

@@ -115,6 +115,78 @@ def test_faceless_video_gets_no_face_and_the_fallback(
     assert row["label"] == pytest.approx(CAL.fallback)
 
 
+def test_broken_files_among_good_ones_get_reasons_and_every_good_video_is_scored(
+    bundle: Bundle, inputs: dict[str, list[Path]], scores: pd.DataFrame, tmp_path: Path
+) -> None:
+    good = inputs["good"]
+    data = good[0].read_bytes()
+    broken = {"zerobytes.mp4": b"", "headeronly.mp4": data[:2_000], "truncated.mp4": data[: len(data) // 2]}
+    for name, content in broken.items():
+        (tmp_path / name).write_bytes(content)
+    zero, header, cut = (tmp_path / name for name in broken)
+    paths = [zero, good[0], header, *good[1:], cut]  # broken first, between and last
+    rows = score_videos(bundle, paths, progress=False).set_index("filename")
+    assert list(rows.index) == [p.name for p in paths]
+    for name in ("zerobytes.mp4", "headeronly.mp4"):
+        assert rows.at[name, "status"] == "decode_error"
+        assert rows.at[name, "label"] == pytest.approx(CAL.fallback)
+    # A cut file is scored on what it still holds, or gets its reason; either way it has a row.
+    assert rows.at["truncated.mp4", "status"] in {"ok", "no_face", "decode_error", "empty", "error"}
+    assert rows["label"].between(CAL.clip_min, CAL.clip_max).all()
+    before = scores.set_index("filename")
+    for path in good:  # scored exactly as without the broken files around them
+        assert rows.at[path.name, "status"] == "ok"
+        assert rows.at[path.name, "logit"] == pytest.approx(before.at[path.name, "logit"], rel=1e-6)
+
+
+def _raise_for(monkeypatch: pytest.MonkeyPatch, name: str, error: BaseException) -> None:
+    """Make decoding raise ``error`` for the video called ``name`` (an unexpected bug), only there."""
+    import dfdc.faces.extract as extract
+
+    real = extract.sample_frames
+
+    def sample_frames(path: Path, *args: object, **kwargs: object) -> object:
+        if Path(path).name == name:
+            raise error
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(extract, "sample_frames", sample_frames)
+
+
+def test_an_unexpected_exception_on_one_video_gives_it_an_error_row_and_the_rest_are_scored(
+    bundle: Bundle,
+    inputs: dict[str, list[Path]],
+    scores: pd.DataFrame,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = inputs["good"]
+    victim = good[0].name
+    _raise_for(monkeypatch, victim, RuntimeError("codec exploded\n  at frame 3"))
+    with caplog.at_level("WARNING", logger="dfdc.release.predict"):
+        rows = score_videos(bundle, good, progress=False, details=True).set_index("filename")
+    row = rows.loc[victim]
+    assert row["status"] == "error"
+    assert row["detail"] == "RuntimeError: codec exploded at frame 3"  # type and message, one line
+    assert row["label"] == pytest.approx(CAL.fallback)
+    assert row["n_faces"] == 0 and np.isnan(row["logit"])
+    assert row["details"] == {"fps": None, "persons": []}
+    assert any(victim in r.getMessage() and "codec exploded" in r.getMessage() for r in caplog.records)
+    before = scores.set_index("filename")
+    for path in good[1:]:
+        assert rows.at[path.name, "status"] == "ok"
+        assert rows.at[path.name, "logit"] == pytest.approx(before.at[path.name, "logit"], rel=1e-6)
+
+
+def test_keyboard_interrupt_still_stops_scoring(
+    bundle: Bundle, inputs: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = inputs["good"]
+    _raise_for(monkeypatch, good[0].name, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        score_videos(bundle, good, progress=False)
+
+
 # ----------------------------------------------------------------- crop parity
 
 
