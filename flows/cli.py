@@ -48,6 +48,10 @@ def demo_data(
     duration: float = _DEMO.duration,
     fps: int = _DEMO.fps,
     seed: int = _DEMO.seed,
+    kinds: Annotated[
+        str, typer.Option(help="manipulation kinds, comma-separated (voice: frames copied, audio changed)")
+    ] = ",".join(_DEMO.kinds),
+    pair_share: Annotated[float, typer.Option(help="share of scenes showing two people")] = _DEMO.pair_share,
     force: Annotated[bool, typer.Option(help="rewrite even if OUT already holds data")] = False,
 ) -> None:
     """Generate DFDC-layout chunks, test videos and a sample submission from real face photos."""
@@ -59,8 +63,13 @@ def demo_data(
     spec = DemoSpec(
         chunks=chunks, originals_per_chunk=originals_per_chunk, fakes_per_original=fakes_per_original,
         test_videos=test_videos, width=width, height=height, duration=duration, fps=fps, seed=seed,
+        kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), pair_share=pair_share,
     )  # fmt: skip
-    manifest = generate_demo_data(out, spec)
+    try:
+        manifest = generate_demo_data(out, spec)
+    except ValueError as err:  # an impossible spec: say which setting, no traceback
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"{len(manifest)} videos written under {out}")
 
 

@@ -6,6 +6,11 @@ that exercises the *same* code paths: chunk folders with DFDC's ``metadata.json`
 track, and a ``test_videos`` folder with a ``sample_submission.csv``. Every fake is its
 original's exact render with only the face region manipulated, so a detector can only
 learn from the face, as on the real data. Everything is seeded, so a spec is a dataset.
+
+Two variants, off by default so the default dataset stays what it was, bring in what
+DFDC also has: ``"voice"`` fakes (``DemoSpec.kinds``), whose frames are the original's
+and whose audio alone is fake, and two-person scenes (``DemoSpec.pair_share``), whose
+face fakes manipulate one of the two faces. The manifest records which (``face_target``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -32,15 +37,30 @@ _FACE_BOXES: dict[str, tuple[float, float, float, float]] = {
     "camera": (199.22, 118.93, 254.27, 192.27),
 }
 IDENTITIES: tuple[str, ...] = tuple(_FACE_BOXES)
-KINDS: tuple[str, ...] = ("swap", "lowres", "colour")
+KINDS: tuple[str, ...] = ("swap", "lowres", "colour")  # the default kinds: face manipulations
+VOICE = "voice"  # a fake whose frames are the original's and whose audio is another voice
+ALL_KINDS: tuple[str, ...] = (*KINDS, VOICE)
 TEST_DIR = "test_videos"
+# identity: the rendered scene's people, left to right, joined by "+" ("camera+astronaut":
+#   camera on the left); a swap fake keeps its original's identity although it shows a donor.
+# people: how many people the scene shows (1 or 2).
+# face_target: the manipulated face: "none" (reals, voice fakes), "all" (one-person face
+#   fakes), "left"/"right" (two-person face fakes: the face centred in that half of every frame).
 MANIFEST_COLUMNS: tuple[str, ...] = (
-    "chunk", "filename", "label", "original", "kind", "identity", "seed"
+    "chunk", "filename", "label", "original", "kind", "identity", "seed", "people", "face_target"
 )
 
 _SRC = 512  # side of both source photos
 _AUDIO_RATE = 44100
 _ROI_ENLARGE = 1.5  # manipulations never touch pixels outside the face box scaled by this
+# Two-person scenes: each photo is scaled so its face is _PAIR_FACE px tall and placed, face
+# centred, in a _PAIR_TILE-wide, _PAIR_HEIGHT-high tile; the two tiles side by side are the
+# source. Faces this close stay large in a frame that holds both (~70 px at 320x240), and
+# their enlarged boxes never meet, so a fake of one face leaves the other's pixels alone.
+_PAIR_TILE = 224
+_PAIR_HEIGHT = 384
+_PAIR_FACE = 96.0
+_PAIR_FACE_Y = 104.0  # face centre below the tile's top; higher would show above the astronaut
 # mbtree=0: with macroblock-tree rate control this libx264 build encoded identical frames
 # differently from run to run (even single-threaded), breaking "same spec, same dataset".
 _X264_OPTIONS = {"preset": "veryfast", "x264-params": "mbtree=0"}
@@ -63,6 +83,8 @@ class DemoSpec:
     duration: float = 2.0  # seconds
     fps: int = 15
     seed: int = 0
+    kinds: tuple[str, ...] = KINDS  # fakes cycle through these (any of ALL_KINDS)
+    pair_share: float = 0.0  # share of each chunk's reals (and test reals) showing two people
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -84,9 +106,15 @@ class _Video:
     label: str  # REAL / FAKE
     original: str | None
     kind: str  # "real" or a manipulation kind
-    identity: str  # identity of the rendered scene (a swap shows the other face)
+    people: tuple[str, ...]  # identities in the scene, left to right (a swap shows a donor)
     seed: int  # this video's own seed (render for reals, manipulation for fakes)
     render_seed: int  # seed of the real render this video is built on
+    face_target: str = "none"  # manipulated face: none, all, left or right
+
+    @property
+    def identity(self) -> str:
+        """The scene's identity: its people left to right, so face_target names a person."""
+        return "+".join(self.people)
 
 
 @dataclass(frozen=True)
@@ -145,6 +173,14 @@ def _validate(spec: DemoSpec) -> None:
         (math.isfinite(spec.duration) and spec.duration > 0,
          f"duration must be a positive number of seconds, got {spec.duration}"),
         (spec.seed >= 0, f"seed must be >= 0, got {spec.seed}"),
+        (len(spec.kinds) >= 1, "kinds must name at least one manipulation kind"),
+        (set(spec.kinds) <= set(ALL_KINDS),
+         f"kinds must be among {ALL_KINDS}, got {spec.kinds}"),
+        (math.isfinite(spec.pair_share) and 0.0 <= spec.pair_share <= 1.0,
+         f"pair_share must be in [0, 1], got {spec.pair_share}"),
+        # Two people side by side need a frame at least as wide as it is high.
+        (spec.pair_share == 0.0 or spec.width >= spec.height,
+         f"two-person scenes need width >= height, got {spec.width}x{spec.height}"),
     ]
     errors = [msg for ok, msg in checks if not ok]
     if errors:
@@ -170,8 +206,26 @@ def _names(spec: DemoSpec, count: int) -> list[str]:
     return names
 
 
+def _is_pair(i: int, share: float) -> bool:
+    """Whether the i-th real of a group shows two people: round(n * share) of n, spread evenly."""
+    return math.floor((i + 1) * share + 0.5) > math.floor(i * share + 0.5)
+
+
+def _face_target(kind: str, people: int, seed: int) -> str:
+    """The face a fake manipulates; of two people, one drawn from the fake's own seed."""
+    if kind == VOICE:
+        return "none"
+    if people == 1:
+        return "all"
+    return ("left", "right")[_seed(seed, 0x51DE) % 2]
+
+
 def _plan(spec: DemoSpec) -> list[_Video]:
-    """Decide every video's folder, name, label, original and seeds before rendering any."""
+    """Decide every video's folder, name, label, original, people and seeds before rendering any.
+
+    One-person reals alternate the identities, two-person reals alternate which one stands
+    left; with ``pair_share == 0`` this is exactly the plan of the one-person-only generator.
+    """
     n_test_fakes = spec.test_videos // 2
     n_test_reals = spec.test_videos - n_test_fakes
     per_chunk = spec.originals_per_chunk * (1 + spec.fakes_per_original)
@@ -179,32 +233,42 @@ def _plan(spec: DemoSpec) -> list[_Video]:
     index = iter(range(1 << 30))
     plan: list[_Video] = []
     kind_turn = 0
+    single_turn = 0  # one-person reals take the identities in turn
+    pair_turn = 0  # two-person reals take turns at who stands left
     previous_first_real: _Video | None = None
 
-    def real(chunk: str, ident: str) -> _Video:
+    def real(chunk: str, i: int) -> _Video:
+        nonlocal single_turn, pair_turn
+        if _is_pair(i, spec.pair_share):
+            people = IDENTITIES if pair_turn % 2 == 0 else IDENTITIES[::-1]
+            pair_turn += 1
+        else:
+            people = (IDENTITIES[single_turn % len(IDENTITIES)],)
+            single_turn += 1
         seed = _seed(spec.seed, next(index))
-        return _Video(chunk, next(names), "REAL", None, "real", ident, seed, seed)
+        return _Video(chunk, next(names), "REAL", None, "real", people, seed, seed)
 
     def fake(chunk: str, original: _Video) -> _Video:
         nonlocal kind_turn
-        kind = KINDS[kind_turn % len(KINDS)]
+        kind = spec.kinds[kind_turn % len(spec.kinds)]
         kind_turn += 1
-        return _Video(chunk, next(names), "FAKE", original.name, kind, original.identity,
-                      _seed(spec.seed, next(index)), original.render_seed)
+        seed = _seed(spec.seed, next(index))
+        return _Video(chunk, next(names), "FAKE", original.name, kind, original.people,
+                      seed, original.render_seed, _face_target(kind, len(original.people), seed))
 
     for k in range(spec.chunks):
         chunk = f"dfdc_train_part_{k}"
-        reals = [real(chunk, IDENTITIES[(k * spec.originals_per_chunk + i) % len(IDENTITIES)])
-                 for i in range(spec.originals_per_chunk)]
-        plan += reals
-        for i, original in enumerate(reals):
+        chunk_reals = [real(chunk, i) for i in range(spec.originals_per_chunk)]
+        plan += chunk_reals
+        for i, original in enumerate(chunk_reals):
             for j in range(spec.fakes_per_original):
                 # DFDC has fakes whose original lives in another chunk; make one per chunk.
                 cross = previous_first_real is not None and i == 0 and j == 0
                 plan.append(fake(chunk, previous_first_real if cross else original))
-        previous_first_real = reals[0]
+        previous_first_real = chunk_reals[0]
 
-    test_reals = [real(TEST_DIR, IDENTITIES[i % len(IDENTITIES)]) for i in range(n_test_reals)]
+    single_turn = 0
+    test_reals = [real(TEST_DIR, i) for i in range(n_test_reals)]
     plan += test_reals
     plan += [fake(TEST_DIR, test_reals[i % len(test_reals)]) for i in range(n_test_fakes)]
     return plan
@@ -240,7 +304,11 @@ def _write_metadata(out: Path, plan: list[_Video]) -> None:
 
 def _manifest(plan: list[_Video]) -> pd.DataFrame:
     """Ground truth for every video, including the test answers DFDC never published."""
-    rows = [(v.chunk, v.name, v.label, v.original, v.kind, v.identity, v.seed) for v in plan]
+    rows = [
+        (v.chunk, v.name, v.label, v.original, v.kind, v.identity, v.seed, len(v.people),
+         v.face_target)
+        for v in plan
+    ]
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
 
@@ -293,11 +361,26 @@ class _Scene:
     original bit for bit outside the face region.
     """
 
+    # Camera framing, in face heights around the framed point, and zoom over "photo fills frame".
+    _ZOOM: tuple[float, float] = (1.06, 1.2)
+    _PAN: tuple[float, float] = (-0.4, 0.4)
+    _TILT: tuple[float, float] = (-0.1, 0.5)
+
     def __init__(self, photo: np.ndarray, identity: str, seed: int, spec: DemoSpec) -> None:
         rng = np.random.default_rng(seed)
         self.width, self.height = spec.frame_size
         self.n_frames = spec.n_frames
-        self.source, self.face = self._vary_identity(photo, _FACE_BOXES[identity], rng)
+        source, face = self._vary_identity(photo, _FACE_BOXES[identity], rng)
+        self._plan(source, (face,), rng)
+
+    def _plan(
+        self,
+        source: np.ndarray,
+        faces: tuple[tuple[float, float, float, float], ...],
+        rng: np.random.Generator,
+    ) -> None:
+        """Everything after the source: camera, light and noise, in this fixed draw order."""
+        self.source, self.faces = source, faces
         self._plan_camera(rng)
         self._plan_light(rng)
         self.noise_sigma = float(rng.uniform(1.5, 3.5))
@@ -321,14 +404,15 @@ class _Scene:
         return np.clip(rgb, 0, 255), (x0, y0, x1, y1)
 
     def _plan_camera(self, rng: np.random.Generator) -> None:
-        """Random start/end framing near the face, plus a gentle roll wobble."""
-        cover = max(self.width, self.height) / _SRC  # photo fills the frame
-        self.cover = cover
-        self.zoom = (rng.uniform(1.06, 1.2), rng.uniform(1.06, 1.2))
-        x0, y0, x1, y1 = self.face
-        fcx, fcy, fh = (x0 + x1) / 2, (y0 + y1) / 2, y1 - y0
+        """Random start/end framing near the faces' centre, plus a gentle roll wobble."""
+        src_h, src_w = self.source.shape[:2]
+        self.cover = max(self.width / src_w, self.height / src_h)  # source fills the frame
+        self.zoom = (rng.uniform(*self._ZOOM), rng.uniform(*self._ZOOM))
+        fcx = sum((x0 + x1) / 2 for x0, _, x1, _ in self.faces) / len(self.faces)
+        fcy = sum((y0 + y1) / 2 for _, y0, _, y1 in self.faces) / len(self.faces)
+        fh = sum(y1 - y0 for _, y0, _, y1 in self.faces) / len(self.faces)
         self.centre = [
-            (fcx + rng.uniform(-0.4, 0.4) * fh, fcy + rng.uniform(-0.1, 0.5) * fh)
+            (fcx + rng.uniform(*self._PAN) * fh, fcy + rng.uniform(*self._TILT) * fh)
             for _ in range(2)
         ]
         self.roll = (rng.uniform(-3, 3), rng.uniform(-3, 3))
@@ -339,8 +423,11 @@ class _Scene:
         self.gain = (rng.uniform(0.85, 1.1), rng.uniform(0.05, 0.15), rng.uniform(0, 2 * np.pi))
         self.temp = (rng.uniform(-0.05, 0.05), rng.uniform(0.02, 0.06), rng.uniform(0, 2 * np.pi))
 
-    def pose(self, i: int) -> _Pose:
-        """Camera affine for frame i, clamped so the frame never leaves the photo."""
+    def poses(self, i: int) -> tuple[_Pose, ...]:
+        """Camera affine for frame i as one pose per face, left to right.
+
+        The scale and centre are clamped so the frame never leaves the source.
+        """
         t = i / max(self.n_frames - 1, 1)
         e = _smoothstep(t)
         amp, cycles, phase = self.wobble
@@ -349,22 +436,25 @@ class _Scene:
         zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * e
         theta = math.radians(angle)
         c, s = abs(math.cos(theta)), abs(math.sin(theta))
-        # Smallest scale whose rotated window still fits inside the photo.
-        need = max((self.width * c + self.height * s), (self.width * s + self.height * c)) / _SRC
+        src_h, src_w = self.source.shape[:2]
+        # Smallest scale whose rotated window still fits inside the source.
+        need = max((self.width * c + self.height * s) / src_w,
+                   (self.width * s + self.height * c) / src_h)
         scale = max(self.cover * zoom, need * 1.01)
         ex = (self.width * c + self.height * s) / (2 * scale)
         ey = (self.width * s + self.height * c) / (2 * scale)
         cx = self.centre[0][0] + (self.centre[1][0] - self.centre[0][0]) * e
         cy = self.centre[0][1] + (self.centre[1][1] - self.centre[0][1]) * e
-        cx = float(np.clip(cx, ex, _SRC - ex))
-        cy = float(np.clip(cy, ey, _SRC - ey))
+        cx = float(np.clip(cx, ex, src_w - ex))
+        cy = float(np.clip(cy, ey, src_h - ey))
         m = cv2.getRotationMatrix2D((cx, cy), angle, scale)
         m[0, 2] += self.width / 2 - cx
         m[1, 2] += self.height / 2 - cy
-        x0, y0, x1, y1 = self.face
-        fc = m @ np.array([(x0 + x1) / 2, (y0 + y1) / 2, 1.0])
-        return _Pose(m, _transform_box(m, self.face), angle, (float(fc[0]), float(fc[1])),
-                     ((x1 - x0) * scale, (y1 - y0) * scale))
+        return tuple(_face_pose(m, face, angle, scale) for face in self.faces)
+
+    def pose(self, i: int) -> _Pose:
+        """The first (left-most) face's pose for frame i."""
+        return self.poses(i)[0]
 
     def light(self, i: int) -> np.ndarray:
         """Per-channel RGB gains for frame i."""
@@ -375,21 +465,70 @@ class _Scene:
         temp = tb + ta * math.sin(2 * np.pi * 0.5 * t + tp)
         return np.array([g * (1 + temp), g, g * (1 - temp)], dtype=np.float32)
 
-    def frames(self) -> Iterator[tuple[np.ndarray, _Pose]]:
-        """Yield (RGB uint8 frame, pose) one at a time so 1080p never sits in memory."""
+    def frames(self) -> Iterator[tuple[np.ndarray, tuple[_Pose, ...]]]:
+        """Yield (RGB uint8 frame, face poses) one at a time so 1080p never sits in memory."""
         noise = np.empty((self.height, self.width, 3), dtype=np.float32)
         for i in range(self.n_frames):
-            pose = self.pose(i)
+            poses = self.poses(i)
             # Light the small source, not the big frame: warping is linear, so it's the same.
             lit = np.clip(self.source * self.light(i), 0, 255).astype(np.uint8)
             frame = cv2.warpAffine(
-                lit, pose.matrix, (self.width, self.height),
+                lit, poses[0].matrix, (self.width, self.height),
                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101,
             )
             # cv2.randn is ~4x faster than numpy at 1080p; its seed comes from our numpy rng.
             cv2.setRNGSeed(int(self._noise_rng.integers(1 << 31)))
             cv2.randn(noise, (0.0, 0.0, 0.0), (self.noise_sigma,) * 3)
-            yield cv2.add(frame, noise, dtype=cv2.CV_8U), pose
+            yield cv2.add(frame, noise, dtype=cv2.CV_8U), poses
+
+
+class _PairScene(_Scene):
+    """Two people side by side: both photos, each varied as in a one-person scene.
+
+    The camera frames the midpoint between the faces and pans and zooms less than for one
+    face, so both stay in every frame and the left person's face stays in the left half.
+    """
+
+    _ZOOM = (1.0, 1.1)
+    _PAN = (-0.1, 0.1)
+    _TILT = (0.1, 0.5)
+
+    def __init__(
+        self, photos: Sequence[np.ndarray], people: Sequence[str], seed: int, spec: DemoSpec
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        self.width, self.height = spec.frame_size
+        self.n_frames = spec.n_frames
+        tiles: list[np.ndarray] = []
+        faces: list[tuple[float, float, float, float]] = []
+        for k, (photo, identity) in enumerate(zip(photos, people, strict=True)):
+            tile, face = self._tile(*self._vary_identity(photo, _FACE_BOXES[identity], rng))
+            tiles.append(tile)
+            faces.append((face[0] + k * _PAIR_TILE, face[1], face[2] + k * _PAIR_TILE, face[3]))
+        self._plan(np.hstack(tiles), tuple(faces), rng)
+
+    @staticmethod
+    def _tile(
+        photo: np.ndarray, box: tuple[float, float, float, float]
+    ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+        """The photo scaled to a _PAIR_FACE-high face, centred in a tile; the face's new box."""
+        x0, y0, x1, y1 = box
+        s = _PAIR_FACE / (y1 - y0)
+        dx, dy = _PAIR_TILE / 2 - s * (x0 + x1) / 2, _PAIR_FACE_Y - s * (y0 + y1) / 2
+        m = np.array([[s, 0.0, dx], [0.0, s, dy]])
+        tile = cv2.warpAffine(photo, m, (_PAIR_TILE, _PAIR_HEIGHT), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REFLECT_101)
+        return tile, (s * x0 + dx, s * y0 + dy, s * x1 + dx, s * y1 + dy)
+
+
+def _face_pose(
+    m: np.ndarray, face: tuple[float, float, float, float], angle: float, scale: float
+) -> _Pose:
+    """Where one source face lands in the frame under the camera affine `m`."""
+    x0, y0, x1, y1 = face
+    fc = m @ np.array([(x0 + x1) / 2, (y0 + y1) / 2, 1.0])
+    return _Pose(m, _transform_box(m, face), angle, (float(fc[0]), float(fc[1])),
+                 ((x1 - x0) * scale, (y1 - y0) * scale))
 
 
 def _transform_box(
@@ -511,14 +650,38 @@ def _ellipse_mask(
 # --------------------------------------------------------------------------- encoding
 
 
-def _audio(seed: int, start: int, stop: int) -> np.ndarray:
-    """Quiet hum with a syllable-like envelope plus hiss; deterministic per sample index."""
-    rng = np.random.default_rng(seed)
-    freq, amp, rate = rng.uniform(110, 330), rng.uniform(0.02, 0.05), rng.uniform(2.0, 5.0)
-    t = np.arange(start, stop, dtype=np.float64) / _AUDIO_RATE
-    env = 0.5 + 0.5 * np.sin(2 * np.pi * rate * t) ** 2
-    hiss = np.random.default_rng([seed, start]).normal(0.0, 0.004, t.size)
-    return (amp * env * np.sin(2 * np.pi * freq * t) + hiss).astype(np.float32)[None, :]
+@dataclass(frozen=True)
+class _Voice:
+    """A quiet hum with a syllable-like envelope plus hiss; deterministic per sample index."""
+
+    freq: float  # pitch, Hz
+    amp: float
+    rate: float  # syllables, Hz
+    hiss_seed: int
+
+    @classmethod
+    def of(cls, seed: int) -> _Voice:
+        """The voice of the scene rendered from `seed`."""
+        rng = np.random.default_rng(seed)
+        freq, amp, rate = rng.uniform(110, 330), rng.uniform(0.02, 0.05), rng.uniform(2.0, 5.0)
+        return cls(float(freq), float(amp), float(rate), seed)
+
+    def converted(self, seed: int) -> _Voice:
+        """The same words in another voice: 4-7 semitones up or down, as voice conversion would.
+
+        Timing and loudness stay, so only the voice itself gives the fake away.
+        """
+        rng = np.random.default_rng(seed)
+        semitones = float(rng.choice([-1, 1]) * rng.uniform(4.0, 7.0))
+        return _Voice(self.freq * 2 ** (semitones / 12), self.amp, self.rate, seed)
+
+    def samples(self, start: int, stop: int) -> np.ndarray:
+        """Mono float32 samples [start, stop) at _AUDIO_RATE, shaped (1, n) for PyAV."""
+        t = np.arange(start, stop, dtype=np.float64) / _AUDIO_RATE
+        env = 0.5 + 0.5 * np.sin(2 * np.pi * self.rate * t) ** 2
+        hiss = np.random.default_rng([self.hiss_seed, start]).normal(0.0, 0.004, t.size)
+        wave = self.amp * env * np.sin(2 * np.pi * self.freq * t) + hiss
+        return wave.astype(np.float32)[None, :]
 
 
 def _crf(width: int, height: int) -> int:
@@ -531,15 +694,36 @@ def _crf(width: int, height: int) -> int:
     return 18 if width * height < 640 * 480 else 23
 
 
+def _render(video: _Video, spec: DemoSpec, photos: dict[str, np.ndarray]) -> _Scene:
+    """The real scene a video is built on, rebuilt from its render seed."""
+    if len(video.people) == 1:
+        return _Scene(photos[video.identity], video.identity, video.render_seed, spec)
+    return _PairScene([photos[p] for p in video.people], video.people, video.render_seed, spec)
+
+
+def _face_edit(
+    video: _Video, photos: dict[str, np.ndarray]
+) -> tuple[_Manipulator, int] | None:
+    """The manipulator of a face fake and the index of the face it edits; None otherwise."""
+    if video.face_target == "none":
+        return None
+    face = 1 if video.face_target == "right" else 0
+    return _Manipulator(video.kind, video.seed, video.people[face], photos), face
+
+
+def _voice(video: _Video) -> _Voice:
+    """The scene's voice, converted for a voice fake."""
+    voice = _Voice.of(video.render_seed)
+    return voice.converted(video.seed) if video.kind == VOICE else voice
+
+
 def _write_video(
     path: Path, video: _Video, spec: DemoSpec, photos: dict[str, np.ndarray]
 ) -> None:
     """Render and encode one video, streaming frame by frame into H.264 + AAC."""
-    scene = _Scene(photos[video.identity], video.identity, video.render_seed, spec)
-    fake = (
-        _Manipulator(video.kind, video.seed, video.identity, photos)
-        if video.label == "FAKE" else None
-    )
+    scene = _render(video, spec, photos)
+    edit = _face_edit(video, photos)
+    voice = _voice(video)
     partial = path.with_name(f".{path.name}.partial")
     with av.open(str(partial), mode="w", format="mp4") as container:
         options = {**_X264_OPTIONS, "crf": str(_crf(scene.width, scene.height))}
@@ -549,15 +733,15 @@ def _write_video(
         vstream.time_base = Fraction(1, spec.fps)
         astream = container.add_stream("aac", rate=_AUDIO_RATE, layout="mono")
         astream.time_base = Fraction(1, _AUDIO_RATE)
-        for i, (frame, pose) in enumerate(scene.frames()):
-            if fake is not None:
-                frame = fake.apply(frame, pose)
+        for i, (frame, poses) in enumerate(scene.frames()):
+            if edit is not None:
+                manipulator, face = edit
+                frame = manipulator.apply(frame, poses[face])
             vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
             vf.pts = i
             container.mux(vstream.encode(vf))
             a0, a1 = i * _AUDIO_RATE // spec.fps, (i + 1) * _AUDIO_RATE // spec.fps
-            af = av.AudioFrame.from_ndarray(_audio(video.render_seed, a0, a1),
-                                            format="fltp", layout="mono")
+            af = av.AudioFrame.from_ndarray(voice.samples(a0, a1), format="fltp", layout="mono")
             af.sample_rate, af.pts = _AUDIO_RATE, a0
             container.mux(astream.encode(af))
         container.mux(vstream.encode(None))

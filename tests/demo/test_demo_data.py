@@ -97,7 +97,7 @@ def test_submission_and_answer_key(root: Path, manifest: pd.DataFrame) -> None:
 
 def test_manifest_matches_metadata(root: Path, manifest: pd.DataFrame) -> None:
     assert list(manifest.columns) == [
-        "chunk", "filename", "label", "original", "kind", "identity", "seed",
+        "chunk", "filename", "label", "original", "kind", "identity", "seed", "people", "face_target",
     ]
     for chunk, recs in _metadata(root).items():
         rows = manifest[manifest["chunk"] == chunk].set_index("filename")
@@ -185,6 +185,8 @@ def test_other_seed_other_names(manifest: pd.DataFrame, tmp_path: Path) -> None:
         {"chunks": 0}, {"originals_per_chunk": 0}, {"fakes_per_original": -1},
         {"test_videos": -1}, {"width": 63}, {"height": 10}, {"fps": 0},
         {"duration": 0.0}, {"duration": float("nan")}, {"seed": -1},
+        {"kinds": ("swap", "warp")}, {"kinds": ()}, {"pair_share": -0.1}, {"pair_share": 1.5},
+        {"pair_share": float("nan")}, {"pair_share": 0.5, "width": 64, "height": 128},
     ],
 )
 def test_impossible_spec_is_rejected(bad: dict, tmp_path: Path) -> None:
