@@ -150,7 +150,8 @@ def label_chunk(
 
     Image decoding and the difference run in OpenCV and numpy, which release the GIL.
     """
-    index = read_index(faces_dir, [chunk], columns=["video", "label", "original", "crop_idx", "person", "frame"])
+    columns = ["video", "label", "original", "crop_idx", "person", "frame"]
+    index = read_index(faces_dir, [chunk], columns=columns)
     real = index[index["label"] == "REAL"]
     reals = real.assign(chunk=chunk, face_diff=np.nan, crop_label="REAL", label_source="real")[LABEL_COLUMNS]
     videos = index.drop_duplicates("video")

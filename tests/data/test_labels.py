@@ -25,7 +25,7 @@ CFG = LabelsConfig()
 MARGIN = 1 / 3
 
 
-def _copy_store(extracted, tmp_path: Path) -> Path:  # noqa: ANN001
+def _copy_store(extracted, tmp_path: Path) -> Path:
     faces_dir = tmp_path / "faces"
     shutil.copytree(extracted.faces_dir, faces_dir)
     return faces_dir
@@ -35,7 +35,7 @@ def _label(faces_dir: Path, chunk: str) -> pd.DataFrame:
     return label_chunk(faces_dir, chunk, store_locations(faces_dir, [chunk]), CFG, MARGIN)
 
 
-def test_every_crop_of_a_manipulated_face_is_fake_and_reals_are_real(extracted) -> None:  # noqa: ANN001
+def test_every_crop_of_a_manipulated_face_is_fake_and_reals_are_real(extracted) -> None:
     chunk = extracted.out_dir.name
     labels = _label(extracted.faces_dir, chunk)
     keys = ["video", "crop_idx"]
@@ -51,7 +51,7 @@ def test_every_crop_of_a_manipulated_face_is_fake_and_reals_are_real(extracted) 
     assert set(video_face_labels(labels)["face"]) == {"changed"}
 
 
-def test_a_fake_whose_face_is_its_originals_is_untouched(extracted, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_fake_whose_face_is_its_originals_is_untouched(extracted, tmp_path: Path) -> None:
     """A voice-only fake: the same pixels as its original (here: the original's own crops)."""
     faces_dir = _copy_store(extracted, tmp_path)
     chunk = extracted.out_dir.name
@@ -69,7 +69,7 @@ def test_a_fake_whose_face_is_its_originals_is_untouched(extracted, tmp_path: Pa
     assert summary["n_face_untouched"] == 1 and summary["n_face_changed"] == summary["n_fakes"] - 1
 
 
-def test_a_fake_without_its_original_keeps_the_video_label(extracted, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_fake_without_its_original_keeps_the_video_label(extracted, tmp_path: Path) -> None:
     faces_dir = _copy_store(extracted, tmp_path)
     chunk = extracted.out_dir.name
     index = extracted.index.drop_duplicates("video")
@@ -83,12 +83,11 @@ def test_a_fake_without_its_original_keeps_the_video_label(extracted, tmp_path: 
 
 
 def test_training_labels_follow_the_policy() -> None:
-    index = pd.DataFrame(
-        {
-            "chunk": "c", "video": ["r", "f", "f", "v", "v"], "crop_idx": [0, 0, 1, 0, 1],
-            "label": ["REAL", "FAKE", "FAKE", "FAKE", "FAKE"],
-        }  # fmt: skip
-    )
+    columns = {
+        "chunk": "c", "video": ["r", "f", "f", "v", "v"], "crop_idx": [0, 0, 1, 0, 1],
+        "label": ["REAL", "FAKE", "FAKE", "FAKE", "FAKE"],
+    }  # fmt: skip
+    index = pd.DataFrame(columns)
     labels = index.drop(columns="label").assign(
         crop_label=["REAL", "FAKE", "REAL", "REAL", "REAL"],
         label_source=["real", "original", "original", "original", "original"],
@@ -115,7 +114,7 @@ def test_difference_sees_a_local_edit_but_not_compression() -> None:
 
 
 @pytest.mark.parametrize("threshold", [1e-3, 500.0])
-def test_the_threshold_decides(extracted, threshold: float) -> None:  # noqa: ANN001
+def test_the_threshold_decides(extracted, threshold: float) -> None:
     chunk = extracted.out_dir.name
     faces_dir = extracted.faces_dir
     cfg = LabelsConfig(diff_threshold=threshold)

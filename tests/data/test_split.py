@@ -100,8 +100,9 @@ def test_adding_a_chunk_moves_no_video(meta: pd.DataFrame) -> None:
 
 def test_whole_chunks_are_held_out_by_family_chunk(meta: pd.DataFrame) -> None:
     many = pd.concat([meta.assign(chunk=meta["chunk"] + f"_{k}") for k in range(12)], ignore_index=True)
-    many["original"] = many["original"].where(many["original"].isna(), many["original"] + many["chunk"].str[-2:])
-    many["filename"] = many["filename"] + many["chunk"].str[-2:]
+    suffix = many["chunk"].str[-2:]  # twelve copies of the three chunks, names made unique
+    many["original"] = many["original"].where(many["original"].isna(), many["original"] + suffix)
+    many["filename"] = many["filename"] + suffix
     out = assign_splits(many, SplitConfig(group_by="chunk"))
     assert (out.groupby("group")["subset"].nunique() == 1).all()  # families stay whole
     home = out[out["label"] == "REAL"].set_index("filename")["chunk"]

@@ -38,8 +38,8 @@ def wait_until(check, timeout: float, what: str) -> None:
 @pytest.fixture
 def served(
     project: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, str]]:
-    """A Prefect server on loopback and `dfdc serve-retrain` serving the deployment to it."""
+) -> Iterator[tuple[Path, str, dict[str, str]]]:
+    """A Prefect server on loopback, `dfdc serve-retrain` serving the deployment to it, and their env."""
     root, env = project
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -55,7 +55,7 @@ def served(
         runner_env = {**env, "PREFECT_API_URL": api}
         log = (root / "serve.log").open("w")
         runner = subprocess.Popen(["dfdc", "serve-retrain"], cwd=root, env=runner_env, stdout=log, stderr=log)
-        yield root, api
+        yield root, api, runner_env
     finally:
         for proc in (runner, server):
             if proc is not None:
@@ -75,14 +75,23 @@ def champion_version(root: Path) -> int | None:
         return None
 
 
-def test_served_deployment_retrains_and_promotes(served: tuple[Path, str]) -> None:
+def prefect_cli(env: dict[str, str], *args: str) -> str:
+    """Run the `prefect` CLI against the test's server and return its output (wide: no cut columns)."""
+    done = subprocess.run(
+        ["prefect", *args], env={**env, "COLUMNS": "250"}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"prefect {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def test_served_deployment_retrains_and_promotes(served: tuple[Path, str, dict[str, str]]) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    root, api = served
+    root, api, cli_env = served
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         wait_until(lambda: client.read_deployment_by_name(DEPLOYMENT) is not None, 120, "deployment")
         deployment = client.read_deployment_by_name(DEPLOYMENT)
@@ -118,3 +127,10 @@ def test_served_deployment_retrains_and_promotes(served: tuple[Path, str]) -> No
         assert "label_in_set" in (third.state.message or "")
         assert champion_version(root) == 1
         assert stage_runs("train") == 1
+
+    # The CLI against the same server: fastapi >= 0.151 answered its `"limit": null` with 422.
+    assert DEPLOYMENT in prefect_cli(cli_env, "deployment", "ls")
+    assert "retrain" in prefect_cli(cli_env, "flow-run", "ls")
+    listed = prefect_cli(cli_env, "flow-run", "ls", "--flow-name", "retrain", "--limit", "100")
+    for run in (first, second, third):
+        assert str(run.id) in listed and run.name in listed, run.name
