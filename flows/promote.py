@@ -15,7 +15,7 @@ from dfdc.data.metadata import labels_to_int
 from dfdc.model.backbone import Checkpoint
 from dfdc.release.bundle import build_bundle, load_bundle
 from dfdc.release.predict import score_videos
-from dfdc.release.registry import Decision, force_promote, promote, register_bundle, version_tags
+from dfdc.release.registry import Decision, Rescore, force_promote, promote, register_bundle, version_tags
 from dfdc.scoring.calibrate import Calibration
 from dfdc.scoring.evaluate import video_metrics
 
@@ -27,17 +27,35 @@ def eval_fingerprint(test: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
-def rescorer(params: Params, test: pd.DataFrame):  # noqa: ANN201
-    """Log loss of any bundle on these test videos, decoded afresh with the bundle's own protocol."""
+def rescorer(params: Params, test: pd.DataFrame) -> Rescore:
+    """The rule's one scoring path: any bundle on these test videos, decoded afresh.
 
-    def rescore(bundle_dir: Path) -> float:
+    Each bundle scores the raw videos with its own protocol (frames, detector, crops,
+    aggregation, calibration) through ``score_videos``, as ``dfdc predict`` would; the
+    candidate and the champion both go through it, so their figures are like for like.
+    Nothing is cached: a figure is computed for each decision (one pass over the test
+    videos per bundle), because the evaluation fingerprint names the videos, not their bytes,
+    nor the scorer's code. A missing test video fails the decision rather than being scored
+    as the fallback for both bundles.
+    """
+    paths = [params.data.raw_dir / c / f for c, f in test[["chunk", "filename"]].itertuples(index=False)]
+    labels = labels_to_int(test["label"])
+
+    def log_loss(bundle_dir: Path) -> float:
+        if missing := [p for p in paths if not p.is_file()]:
+            raise FileNotFoundError(f"{len(missing)} test videos missing, e.g. {missing[0]} (dvc pull?)")
         bundle = load_bundle(bundle_dir)
-        paths = [params.data.raw_dir / c / f for c, f in test[["chunk", "filename"]].itertuples(index=False)]
         scores = score_videos(bundle, paths)
-        labels = labels_to_int(test["label"])
         return video_metrics(labels, scores["label"], bundle.calibration.fallback)["logloss"]
 
-    return rescore
+    basis = f"rescored on {len(paths)} test videos from the raw videos"
+    return Rescore(log_loss, eval_fingerprint(test), basis)
+
+
+def _test_split(params: Params) -> pd.DataFrame:
+    """The test subset of the project's split."""
+    splits = pd.read_parquet(params.data.splits)
+    return splits[splits["subset"] == "test"]
 
 
 TAGGED_METRICS = ("logloss", "auc", "ece", "accuracy", "prior_logloss")
@@ -78,8 +96,7 @@ def promote_flow(params_path: str = "params.yaml") -> Decision:
     # The bundle and its card carry the headline figures; per-chunk/kind/strategy breakdowns
     # stay in reports/metrics.json and the MLflow run.
     headline = {k: v for k, v in metrics.items() if "." not in k}
-    splits = pd.read_parquet(params.data.splits)
-    test = splits[splits["subset"] == "test"]
+    test = _test_split(params)
     fingerprint = eval_fingerprint(test)
     provenance = {**run, "eval_fingerprint": fingerprint}
     bundle_dir = build_bundle(
@@ -89,7 +106,7 @@ def promote_flow(params_path: str = "params.yaml") -> Decision:
     tags = {k: str(metrics[k]) for k in TAGGED_METRICS if k in metrics}
     tags.update(provenance)
     version = register_bundle(params.registry, run["run_id"], bundle_dir, tags)
-    decision = promote(params.registry, version, metrics["logloss"], fingerprint, rescorer(params, test))
+    decision = promote(params.registry, version, metrics["logloss"], rescorer(params, test))
     _report(params, decision, write_file=True)
     return decision
 
@@ -98,23 +115,17 @@ def promote_flow(params_path: str = "params.yaml") -> Decision:
 def promote_version_flow(version: int, force: bool = False, params_path: str = "params.yaml") -> Decision:
     """Decide on an already registered version: by the rule, or ``force`` d as a recorded override.
 
-    By the rule, the version's own tags (log loss, evaluation fingerprint) are compared
-    with the champion's; a champion from another set is re-evaluated on this one when
-    the project's test split is that set. ``reports/promotion.json`` is the `promote`
-    stage's output and is left alone: the decision lives in the registry and Prefect.
+    By the rule, as in the `promote` stage: with a champion, the version and the champion
+    are both rescored on the project's current test split; without that split the champion
+    stays. ``reports/promotion.json`` is the `promote` stage's output and is left alone:
+    the decision lives in the registry and Prefect.
     """
     params = load_params(params_path)
     if force:
         decision = force_promote(params.registry, version)
     else:
         tags = version_tags(params.registry, version)
-        rescore = None
-        if params.data.splits.is_file():
-            splits = pd.read_parquet(params.data.splits)
-            test = splits[splits["subset"] == "test"]
-            if eval_fingerprint(test) == tags.get("eval_fingerprint"):
-                rescore = rescorer(params, test)
-        logloss = float(tags.get("logloss", "inf"))
-        decision = promote(params.registry, version, logloss, tags.get("eval_fingerprint", ""), rescore)
+        rescore = rescorer(params, _test_split(params)) if params.data.splits.is_file() else None
+        decision = promote(params.registry, version, float(tags.get("logloss", "nan")), rescore)
     _report(params, decision, write_file=False)
     return decision

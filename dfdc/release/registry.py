@@ -17,8 +17,10 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
+from mlflow.protos.databricks_pb2 import NOT_FOUND, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.types import ColSpec, Schema
 
 from dfdc.config import RegistryConfig
@@ -30,6 +32,9 @@ _SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "path")]),
     outputs=Schema([ColSpec("string", "filename"), ColSpec("double", "label"), ColSpec("string", "status")]),
 )
+# The error codes that mean "no such registered model": the only registry errors read as "no champion".
+_NOT_FOUND = frozenset(ErrorCode.Name(code) for code in (RESOURCE_DOES_NOT_EXIST, NOT_FOUND))
+OWN_EVALUATION = "the candidate's own evaluation (no champion to compare with)"
 
 
 def tracking_uri(cfg: RegistryConfig) -> str:
@@ -113,6 +118,20 @@ def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> N
 
 
 @dataclass(frozen=True)
+class Rescore:
+    """One way of scoring any bundle: the same videos, the same scorer, the same aggregation.
+
+    The rule puts the candidate and the champion through this one function, so the two
+    figures it compares differ only by what each bundle carries (weights and protocol),
+    never by where the figures were computed.
+    """
+
+    log_loss: Callable[[Path], float]  # bundle folder -> log loss on the videos below
+    eval_fingerprint: str  # identity of those videos and their labels
+    basis: str  # the path in words, e.g. "rescored on 40 test videos from the raw videos"
+
+
+@dataclass(frozen=True)
 class Decision:
     """Outcome of a promotion: which version, whether it became champion, and why."""
 
@@ -123,6 +142,8 @@ class Decision:
     champion_version: int | None
     champion_logloss: float | None
     manual: bool = False  # a forced promotion (``dfdc promote --version N --force``), not the rule
+    basis: str = ""  # where the two log losses come from (one path for both when they were compared)
+    eval_fingerprint: str | None = None  # the videos both were scored on, when they were
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable, for ``reports/promotion.json``."""
@@ -152,54 +173,74 @@ def register_bundle(
     return int(version.version)
 
 
-def _champion(client: MlflowClient, name: str) -> Any | None:
+def _champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The version ``champion`` names, or None when the model or the alias does not exist.
+
+    Only "not found" means there is no champion. MLflow 3.17's SQL store answers a missing
+    registered model with RESOURCE_DOES_NOT_EXIST, but a missing alias with
+    INVALID_PARAMETER_VALUE, the code of a malformed request too; so the alias is looked up
+    in the model's alias map instead of being inferred from an error. Anything else
+    propagates: an unreadable store (sqlite's OperationalError arrives as an MlflowException
+    with TEMPORARILY_UNAVAILABLE), or an alias naming a version that cannot be read.
+    """
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+        model = client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code in _NOT_FOUND:
+            return None
+        raise
+    version = model.aliases.get(CHAMPION)
+    return None if version is None else client.get_model_version(name, str(version))
 
 
-def promote(
-    cfg: RegistryConfig,
-    version: int,
-    logloss: float,
-    eval_fingerprint: str,
-    rescore: Callable[[Path], float] | None = None,
-) -> Decision:
-    """Move ``champion`` to ``version`` only if it beats the champion on the same evaluation set.
+def promote(cfg: RegistryConfig, version: int, logloss: float, rescore: Rescore | None = None) -> Decision:
+    """Move ``champion`` to ``version`` only if it scores better than the champion, like for like.
 
-    When the champion was evaluated on another set, ``rescore`` (bundle folder -> log loss
-    on the candidate's set) re-evaluates it first; without it the champion stays.
+    With a champion, both registered bundles go through ``rescore`` (the same videos, the
+    same scorer) and only those two figures are compared; ``logloss`` (the candidate's own
+    evaluation) is what a first version is promoted on. Without ``rescore`` the champion
+    stays: figures from two different paths are not compared. A registry error other than
+    "not found", or a failed scoring, raises before any alias moves.
     """
     client = connect(cfg)
     name = cfg.model_name
     current = _champion(client, name)
-    client.set_registered_model_alias(name, CHALLENGER, str(version))
-    champ_v = int(current.version) if current is not None else None
-    champ_ll = float(current.tags.get("logloss", "inf")) if current is not None else None
     if current is None:
-        promoted, reason = True, "no champion yet"
-    elif champ_v == version:
-        promoted, reason = True, "already champion"
+        decision = Decision(version, True, "no champion yet", logloss, None, None, basis=OWN_EVALUATION)
+    elif int(current.version) == version:
+        own = _tag_float(current, "logloss")
+        decision = Decision(version, True, "already champion", logloss, version, own, basis=OWN_EVALUATION)
+    elif rescore is None:
+        champion = int(current.version)
+        reason = f"champion v{champion} stays: no like-for-like figures (no scorer to run both on)"
+        decision = Decision(version, False, reason, logloss, champion, None, basis="not compared")
     else:
-        same_set = current.tags.get("eval_fingerprint") == eval_fingerprint
-        if not same_set and rescore is None:
-            return _record(client, name, Decision(
-                version, False, "champion was evaluated on another set; not re-evaluated",
-                logloss, champ_v, champ_ll,
-            ))  # fmt: skip
-        if not same_set:
-            with tempfile.TemporaryDirectory() as tmp:
-                download_champion_bundle(cfg, Path(tmp) / "bundle")
-                champ_ll = rescore(Path(tmp) / "bundle")  # type: ignore[misc]
-        where = "on the same set" if same_set else "re-evaluated on the candidate's set"
-        promoted = logloss < champ_ll  # type: ignore[operator]
-        sign = "<" if promoted else ">="
-        reason = f"log loss {logloss:.4f} {sign} champion's {champ_ll:.4f} ({where})"
-    decision = Decision(version, promoted, reason, logloss, champ_v, champ_ll)
-    if promoted:
+        decision = _rescored(cfg, version, int(current.version), rescore)
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, str(version))
     return _record(client, name, decision)
+
+
+def _rescored(cfg: RegistryConfig, version: int, champion: int, rescore: Rescore) -> Decision:
+    """The rule's comparison: both registered bundles through ``rescore``, candidate first.
+
+    The candidate is scored from its registered copy, not the local build, so the figure
+    belongs to exactly what ``champion`` would point at.
+    """
+    figures: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in (version, champion):
+            bundle = download_model_bundle(cfg, f"models:/{cfg.model_name}/{v}", Path(tmp) / f"v{v}")
+            figures[v] = float(rescore.log_loss(bundle))
+    candidate, held = figures[version], figures[champion]
+    promoted = candidate < held  # a tie, or a NaN on either side, keeps the champion
+    sign = "<" if promoted else ">="
+    reason = f"log loss {candidate:.4f} {sign} champion v{champion}'s {held:.4f} (both {rescore.basis})"
+    return Decision(
+        version, promoted, reason, candidate, champion, held,
+        basis=rescore.basis, eval_fingerprint=rescore.eval_fingerprint,
+    )  # fmt: skip
 
 
 def force_promote(cfg: RegistryConfig, version: int, reason: str = "") -> Decision:
@@ -217,7 +258,7 @@ def force_promote(cfg: RegistryConfig, version: int, reason: str = "") -> Decisi
     why = "manual override (--force)" + (f", replacing champion v{champ_v}" if champ_v else "")
     decision = Decision(
         version, True, why + (f": {reason}" if reason else ""),
-        _tag_float(target, "logloss"), champ_v, champ_ll, manual=True,
+        _tag_float(target, "logloss"), champ_v, champ_ll, manual=True, basis="not compared (manual override)",
     )  # fmt: skip
     client.set_registered_model_alias(name, CHAMPION, str(version))
     client.set_model_version_tag(name, str(version), "manual_override", "true")
@@ -244,11 +285,16 @@ def _record(client: MlflowClient, name: str, decision: Decision) -> Decision:
 
 
 def download_model_bundle(cfg: RegistryConfig, model_uri: str, dest: Path) -> Path:
-    """Copy the bundle of any registered model URI (``models:/name@alias``) into ``dest``."""
+    """Copy the bundle of any registered model URI (``models:/name@alias``) into ``dest``.
+
+    The bundle's place inside the model comes from its MLmodel file: MLflow files it under
+    the name of the folder that was logged, which ``registry.bundle_dir`` leaves to the user.
+    """
     connect(cfg)
-    local = mlflow.artifacts.download_artifacts(model_uri)
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    artifacts = Model.load(local).flavors["python_function"]["artifacts"]
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(Path(local) / "artifacts" / "bundle", dest)
+    shutil.copytree(local / artifacts["bundle"]["path"], dest)
     return dest
 
 

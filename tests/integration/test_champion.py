@@ -29,9 +29,11 @@ from dfdc.release.registry import promote, register_bundle, tracking_uri, traini
 from dfdc.scoring.calibrate import Calibration
 
 if TYPE_CHECKING:
+    import pandas as pd
     from conftest import Demo
 
     from dfdc.model.backbone import Checkpoint
+    from dfdc.release.bundle import Bundle
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +66,7 @@ def registry(
     with training_run(cfg, {}, {}) as run_id:
         pass
     version = register_bundle(cfg, run_id, bundle, {"logloss": "0.6", "eval_fingerprint": "x"})
-    assert promote(cfg, version, 0.6, "x").promoted
+    assert promote(cfg, version, 0.6).promoted
     return cfg
 
 
@@ -219,3 +221,72 @@ def test_manual_override_is_recorded_as_such(
     uri = tracking_uri(registry)
     champion = MlflowClient(uri, uri).get_model_version_by_alias(registry.model_name, "champion")
     assert int(champion.version) == worse
+
+
+def test_promote_scores_candidate_and_champion_alike(
+    registry: RegistryConfig,
+    demo: Demo,
+    chunk_meta: pd.DataFrame,
+    untrained_checkpoint: Checkpoint,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Done when: candidate and champion figures come from the same scoring path.
+
+    The candidate holds the champion's weights and calibration; only its evaluation (a
+    flattering 0.0001 in reports/metrics.json) differs. Both are rescored from the raw
+    videos by one scorer, so they tie and the champion stays, in the stage and by
+    `promote --version` alike.
+    """
+    import yaml
+    from mlflow import MlflowClient
+    from prefect.testing.utilities import prefect_test_harness
+
+    import flows.promote
+    from flows.promote import eval_fingerprint, promote_flow, promote_version_flow
+
+    scored: list[tuple[float, list[Path]]] = []  # (the bundle's own evaluation figure, the videos)
+
+    def recording(
+        bundle: Bundle, paths: list[Path], progress: bool = True, details: bool = False
+    ) -> pd.DataFrame:
+        scored.append((bundle.metrics["logloss"], list(paths)))
+        return score_videos(bundle, paths, progress=False, details=details)
+
+    monkeypatch.setattr(flows.promote, "score_videos", recording)
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
+    store = {"db": str(registry.db), "artifacts": str(registry.artifacts)}
+    params.write_text(yaml.safe_dump({"registry": store, "data": {"raw_dir": str(demo.root)}}))
+    with training_run(registry, {}, {}) as run_id:
+        pass
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "run.json").write_text(json.dumps({"run_id": run_id}))
+    untrained_checkpoint.save(tmp_path / "models" / "checkpoint.pt")
+    Calibration(1.5, 0.02, 0.98, 0.7).save(tmp_path / "models" / "calibration.json")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics.json").write_text(json.dumps({"logloss": 0.0001, "auc": 1.0}))
+    test = chunk_meta.assign(subset="test")
+    (tmp_path / "data").mkdir()
+    test.to_parquet(tmp_path / "data" / "splits.parquet")
+    videos = [demo.root / chunk / name for chunk, name in test[["chunk", "filename"]].itertuples(index=False)]
+
+    with prefect_test_harness(server_startup_timeout=120):
+        staged = promote_flow(str(params))
+        again = promote_version_flow(staged.version, params_path=str(params))
+
+    assert [figure for figure, _ in scored] == [0.0001, 0.6] * 2  # candidate, then champion, each time
+    assert all(paths == videos for _, paths in scored)  # the same raw test videos, in the same order
+    basis = f"rescored on {len(videos)} test videos from the raw videos"
+    for decision in (staged, again):
+        assert not decision.promoted and decision.champion_version == 1
+        assert decision.candidate_logloss == decision.champion_logloss  # not metrics.json's 0.0001
+        assert decision.candidate_logloss != pytest.approx(0.0001)
+        assert decision.basis == basis and decision.eval_fingerprint == eval_fingerprint(test)
+    assert again.candidate_logloss == staged.candidate_logloss
+    recorded = json.loads((tmp_path / "reports" / "promotion.json").read_text())
+    assert recorded == staged.to_dict()
+    assert f"(both {basis})" in recorded["reason"]
+    uri = tracking_uri(registry)
+    champion = MlflowClient(uri, uri).get_model_version_by_alias(registry.model_name, "champion")
+    assert int(champion.version) == 1
