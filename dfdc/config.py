@@ -102,7 +102,7 @@ class LabelsConfig(Strict):
 
     # a fake's face counts as changed when it differs from the original's by more than this:
     # grey levels, the mean of the largest tenth of the face box's blurred pixel differences
-    diff_threshold: float = Field(6.0, gt=0)
+    diff_threshold: float = Field(10.0, gt=0)
     min_iou: float = Field(0.5, gt=0, le=1)  # a fake's face matches the original's face it overlaps
     use: Literal["crop", "video"] = "crop"  # what the face model learns; "video": DFDC's label (ablation)
     untouched: Literal["real", "drop"] = "real"  # fakes whose faces are all untouched: REAL, or left out

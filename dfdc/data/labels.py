@@ -42,6 +42,29 @@ def face_box_in_crop(
     return max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
 
 
+def aligned(
+    fake: np.ndarray, fake_box: np.ndarray, original_box: np.ndarray, margin: float,
+    frame_shape: tuple[int, int],
+) -> np.ndarray:  # fmt: skip
+    """The fake crop resampled into the original crop's pixels.
+
+    A fake whose tracks were detected afresh (its original sits in another chunk) has
+    boxes a pixel or so off the original's; compared as they are, the two crops differ at
+    every edge of an untouched face. Both crops are known affine maps of the frame
+    (``crop_transform``), so one is mapped onto the other exactly.
+    """
+    size = fake.shape[0]
+    if np.array_equal(fake_box, original_box):
+        return fake
+    s_f, t_f = crop_transform(tuple(fake_box), margin, size, frame_shape)
+    s_o, t_o = crop_transform(tuple(original_box), margin, size, frame_shape)
+    a = s_f / s_o  # original-crop pixel -> fake-crop pixel: c_f = a * c_o + (t_f - a * t_o)
+    b = t_f - a * t_o
+    matrix = np.array([[a[0], 0.0, b[0]], [0.0, a[1], b[1]]])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(fake, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+
+
 def crop_difference(fake: np.ndarray, original: np.ndarray, region: tuple[int, ...]) -> float:
     """How much a face differs from its original, in grey levels (0-255).
 
@@ -111,12 +134,15 @@ def label_fake(
     n = len(record.frames)
     diffs = np.full(n, np.nan)
     if original_path is not None and original_crops is not None and n:
-        match = match_crops(record, read_record(original_path), cfg.min_iou)
+        original = read_record(original_path)
+        match = match_crops(record, original, cfg.min_iou)
         crops = read_video_crops(fake_path)
-        size = crops.shape[1]
+        size, shape = crops.shape[1], (record.height, record.width)
         for j in np.flatnonzero(match >= 0):
-            region = face_box_in_crop(record.boxes[j], margin, size, (record.height, record.width))
-            diffs[j] = crop_difference(crops[j], original_crops[match[j]], region)
+            box = original.boxes[match[j]]
+            region = face_box_in_crop(box, margin, size, shape)
+            fake = aligned(crops[j], record.boxes[j], box, margin, shape)
+            diffs[j] = crop_difference(fake, original_crops[match[j]], region)
     compared = ~np.isnan(diffs)
     labels = np.where(compared & (diffs <= cfg.diff_threshold), "REAL", "FAKE").tolist()
     source = np.where(compared, "original", "video").tolist()

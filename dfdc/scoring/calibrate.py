@@ -2,7 +2,12 @@
 
 Log loss punishes one confident mistake more than many right answers earn, so the
 video probability is the aggregated video logit (``dfdc.scoring.aggregate``) divided by a
-temperature fitted on the calibration split, then clipped. The temperature only means
+temperature fitted on the calibration split, shifted to the videos' base rate, then clipped.
+The shift is the prior correction of a classifier trained on balanced batches (the
+training sampler draws REAL and FAKE crops equally, so a logit of 0 means "as likely as
+not"): adding log(pi / (1 - pi)), pi the calib subset's fake share, gives the posterior
+under DFDC's ~80% fakes. Without it an unsure model answers 0.5 where the prior alone
+scores better, and a temperature cannot move a logit of 0. The temperature only means
 something for the aggregation it was fitted on, so the calibration record carries that
 aggregation and prediction applies both. Videos with no usable face get the calibrated
 prior (the calibration split's fake share), not 0.5 by habit.
@@ -47,11 +52,12 @@ class Calibration:
     fallback: float  # P(FAKE) for a video with no usable face
     # The aggregation the temperature was fitted on (``AggregateConfig`` as JSON).
     aggregation: dict[str, Any] = field(default_factory=lambda: AggregateConfig().model_dump(mode="json"))
+    bias: float = 0.0  # log prior odds of FAKE, added after the temperature (0: records before it)
 
     def probability(self, logits: np.ndarray | pd.Series) -> np.ndarray:
         """Calibrated, clipped P(FAKE); NaN logits (no face) get the fallback."""
         z = np.asarray(logits, dtype=float)
-        p = np.where(np.isnan(z), self.fallback, expit(z / self.temperature))
+        p = np.where(np.isnan(z), self.fallback, expit(z / self.temperature + self.bias))
         return np.clip(p, self.clip_min, self.clip_max)
 
     def save(self, path: Path) -> None:
@@ -81,13 +87,15 @@ class Calibration:
         return cls(**scalars, aggregation=as_config(aggregation).model_dump(mode="json"))
 
 
-def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    p = np.clip(expit(logits / temperature), 1e-7, 1 - 1e-7)
+def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float, bias: float = 0.0) -> float:
+    p = np.clip(expit(logits / temperature + bias), 1e-7, 1 - 1e-7)
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, prior_sd: float | None = None) -> float:
-    """The temperature minimising log loss (searched on log scale, 0.05 to 20).
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, prior_sd: float | None = None, bias: float = 0.0
+) -> float:
+    """The temperature minimising log loss of ``logits / T + bias`` (searched on log scale, 0.05 to 20).
 
     With ``prior_sd`` it is the MAP estimate under log T ~ N(0, prior_sd²): the penalty
     ``(log T)² / (2 prior_sd² n)`` on the mean log loss weighs less as videos accumulate.
@@ -96,7 +104,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, prior_sd: float | No
         return 1.0
     weight = 0.0 if prior_sd is None else 1.0 / (2 * prior_sd**2 * len(logits))
     res = minimize_scalar(
-        lambda log_t: _nll(logits, labels, float(np.exp(log_t))) + weight * log_t**2,
+        lambda log_t: _nll(logits, labels, float(np.exp(log_t)), bias) + weight * log_t**2,
         bounds=(np.log(0.05), np.log(20.0)),
         method="bounded",
     )
@@ -111,23 +119,23 @@ def fit_calibration(
     aggregation: AggregateConfig | Mapping[str, Any] | None = None,
     prior_sd: float | None = None,
 ) -> Calibration:
-    """Temperature on the videos with a face; the prior of all of them as the fallback.
+    """The prior of all videos as the fallback and the shift; the temperature on those with a face.
 
     ``logits`` are video logits made with ``aggregation``, which the record keeps.
     """
     logits = np.asarray(logits, dtype=float)
     labels = np.asarray(labels, dtype=float)
     has_face = ~np.isnan(logits)
-    temperature = fit_temperature(logits[has_face], labels[has_face], prior_sd)
-    prior = float(labels.mean()) if len(labels) else 0.5
+    prior = float(np.clip(labels.mean() if len(labels) else 0.5, clip_min, clip_max))
+    bias = float(np.log(prior / (1 - prior)))
+    temperature = fit_temperature(logits[has_face], labels[has_face], prior_sd, bias)
     return Calibration(
-        temperature, clip_min, clip_max, float(np.clip(prior, clip_min, clip_max)),
-        as_config(aggregation).model_dump(mode="json"),
-    )  # fmt: skip
+        temperature, clip_min, clip_max, prior, as_config(aggregation).model_dump(mode="json"), bias
+    )
 
 
 def uncalibrated(cal: Calibration) -> Calibration:
-    """The same aggregation and fallback with no temperature and (almost) no clip: the "before"."""
+    """The same aggregation and fallback with no temperature, shift or clip to speak of: the "before"."""
     return Calibration(1.0, 1e-6, 1 - 1e-6, cal.fallback, cal.aggregation)
 
 

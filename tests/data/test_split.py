@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import string
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ import pytest
 
 from dfdc.config import SplitConfig
 from dfdc.data.split import SUBSETS, assign_splits, groups, missing_subsets
+from dfdc.demo.generate import DemoSpec, generate_demo_data
 
 
 def _metadata(seed: int = 0, n_originals: int = 50) -> pd.DataFrame:
@@ -161,3 +164,15 @@ def test_folds_by_chunk_keep_families_whole(meta: pd.DataFrame) -> None:
     fold_of_chunk = {c: i % 2 for i, c in enumerate(sorted(out["chunk"].unique()))}
     assert (moved["fold"].to_numpy() == reals.loc[moved["original"], "chunk"].map(fold_of_chunk)).all()
     assert "fold" not in assign_splits(meta, SplitConfig()).columns
+
+
+def test_a_third_demo_chunk_leaves_every_video_where_it_was(tmp_path: Path) -> None:
+    """The real generator: the same seed with a third chunk adds videos and moves none."""
+    spec = DemoSpec(chunks=2, originals_per_chunk=6, fakes_per_original=1, test_videos=0,
+                    width=64, height=64, duration=0.2, fps=5)  # fmt: skip
+    two = generate_demo_data(tmp_path / "two", spec)
+    three = generate_demo_data(tmp_path / "three", replace(spec, chunks=3))
+    before = assign_splits(two, SplitConfig()).set_index("filename")["subset"]
+    after = assign_splits(three, SplitConfig()).set_index("filename")["subset"]
+    assert len(after) > len(before) and set(before.index) < set(after.index)
+    pd.testing.assert_series_equal(after.loc[before.index], before)

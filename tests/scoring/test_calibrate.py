@@ -63,10 +63,26 @@ def test_fit_calibration_ignores_faceless_videos_for_the_temperature() -> None:
     z_with_nan[::10] = np.nan
     cal = fit_calibration(z_with_nan, y, 0.01, 0.99)
     keep = ~np.isnan(z_with_nan)
-    assert cal.temperature == pytest.approx(fit_temperature(z[keep], y[keep]))
-    # The fallback is the prior of all videos, faceless ones included.
+    assert cal.temperature == pytest.approx(fit_temperature(z[keep], y[keep], bias=cal.bias))
+    # The fallback (and the shift) is the prior of all videos, faceless ones included.
     assert cal.fallback == pytest.approx(y.mean())
+    assert cal.bias == pytest.approx(np.log(y.mean() / (1 - y.mean())))
     assert (cal.clip_min, cal.clip_max) == (0.01, 0.99)
+
+
+def test_the_prior_shift_corrects_a_model_trained_on_balanced_classes() -> None:
+    """Logits that are log-likelihood ratios (balanced training) on videos that are 80% fake."""
+    rng = np.random.default_rng(8)
+    y = (rng.random(4000) < 0.8).astype(float)
+    llr = rng.normal(np.where(y == 1, 0.5, -0.5), 1.0)  # a weak model: d' = 1
+    cal = fit_calibration(llr, y, 1e-6, 1 - 1e-6)
+    prior = log_loss(y, np.full(len(y), y.mean()))
+    shifted = log_loss(y, cal.probability(llr))
+    unshifted = log_loss(y, expit(llr / fit_temperature(llr, y)))
+    assert shifted < prior < unshifted  # without the shift a weak model loses to the constant prior
+    # A model that learnt nothing scores the prior, not 0.5.
+    nothing = fit_calibration(np.zeros(len(y)), y, 1e-6, 1 - 1e-6)
+    assert nothing.probability(np.zeros(3)) == pytest.approx(np.full(3, y.mean()))
 
 
 def test_fit_calibration_clips_an_extreme_prior() -> None:
@@ -141,7 +157,7 @@ def test_calibration_records_its_aggregation(tmp_path: Path) -> None:
     cal.save(tmp_path / "c.json")
     assert Calibration.load(tmp_path / "c.json") == cal
     assert "aggregation" not in cal.scalars()
-    assert set(cal.scalars()) == {"temperature", "clip_min", "clip_max", "fallback"}
+    assert set(cal.scalars()) == {"temperature", "clip_min", "clip_max", "fallback", "bias"}
 
 
 def test_a_record_without_aggregation_means_mean(tmp_path: Path) -> None:
@@ -192,4 +208,5 @@ def test_temperature_prior_pulls_a_small_sample_towards_one_and_fades_with_data(
     plain_big = fit_temperature(big_z, big_y)
     assert fit_temperature(big_z, big_y, prior_sd=0.5) == pytest.approx(plain_big, rel=0.02)
     # The prior is the argument's: fit_calibration passes it through.
-    assert fit_calibration(small_z, small_y, 0.01, 0.99, prior_sd=0.5).temperature == pytest.approx(shrunk)
+    cal = fit_calibration(small_z, small_y, 0.01, 0.99, prior_sd=0.5)
+    assert cal.temperature == pytest.approx(fit_temperature(small_z, small_y, prior_sd=0.5, bias=cal.bias))
