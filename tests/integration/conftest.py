@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ TINY = DemoSpec(
     chunks=2, originals_per_chunk=4, fakes_per_original=3, test_videos=4,
     width=160, height=120, duration=1.0, fps=10, seed=1,
 )  # fmt: skip
+
+
+# Twice the originals: enough test videos (12) that "beats the prior" is a finding, not luck,
+# trained long enough (from scratch on 64 px crops) to learn more than a ranking.
+LEARNING = replace(TINY, originals_per_chunk=8)
+LEARNING_EPOCHS = 8
 
 
 def tiny_params(root: Path) -> dict:
@@ -38,14 +45,19 @@ def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def make_workdir(root: Path, raw: Path, params: dict, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project directory holding ``params`` and a copy of ``raw``; the test runs inside it."""
+    shutil.copytree(raw, root / "data" / "raw")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return root
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, tiny_raw: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project directory holding params.yaml and data/raw; the test runs inside it."""
-    shutil.copytree(tiny_raw, tmp_path / "data" / "raw")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path)))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
+    return make_workdir(tmp_path, tiny_raw, tiny_params(tmp_path), monkeypatch)
 
 
 REPO = Path(__file__).parents[2]
@@ -68,3 +80,16 @@ def project(workdir: Path) -> tuple[Path, dict[str, str]]:
     env.pop("MLFLOW_TRACKING_URI", None)
     subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
     return workdir, env
+
+
+@pytest.fixture
+def learning_workdir(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """The LEARNING dataset (16 families) with the tiny recipe trained for LEARNING_EPOCHS."""
+    raw = tmp_path_factory.mktemp("learning") / "raw"
+    generate_demo_data(raw, LEARNING)
+    params = tiny_params(tmp_path)
+    params["split"]["seed"] = 0  # 16 groups: 9 train, 2 val, 2 calib, 3 test (12 test videos)
+    params["train"].update(epochs=LEARNING_EPOCHS, patience=None)
+    return make_workdir(tmp_path, raw, params, monkeypatch)
