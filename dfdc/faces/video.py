@@ -9,11 +9,21 @@ magnitude slower on H.264.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+
+# The containers accepted wherever videos are listed or uploaded, matched case-insensitively;
+# PyAV's wheels decode each of them (tested with H.264, and VP9 in WebM).
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi")
+
+
+def is_video_name(name: str | Path) -> bool:
+    """Whether a file name ends in one of ``VIDEO_SUFFIXES``, in any case (``.MP4`` too)."""
+    return Path(name).suffix.lower() in VIDEO_SUFFIXES
 
 
 class VideoError(Exception):
@@ -98,6 +108,12 @@ def sample_frames(path: Path, n: int, skip_unwanted: bool = True) -> Frames:
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         images: dict[int, np.ndarray] = {}
         codec = stream.codec_context
+        # AVI keeps no presentation times of reordered frames (H.264 B-frames decode with wrong
+        # pts), so there frames are counted as the decoder returns them, in display order, and
+        # none may be skipped.
+        by_count = container.format.name == "avi"
+        skip_unwanted = skip_unwanted and not by_count
+        returned = itertools.count()
         try:
             for packet in [*packets, None]:
                 if skip_unwanted and packet is not None:
@@ -105,7 +121,7 @@ def sample_frames(path: Path, n: int, skip_unwanted: bool = True) -> Frames:
                 elif packet is None:
                     codec.skip_frame = "DEFAULT"
                 for frame in codec.decode(packet):
-                    i = index_of.get(frame.pts) if frame.pts is not None else None
+                    i = next(returned) if by_count else index_of.get(frame.pts)
                     if i in wanted:
                         images[i] = _upright(frame)
         except av.FFmpegError:

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from dfdc.faces.video import VideoError, even_indices, sample_frames
+from dfdc.faces.video import VIDEO_SUFFIXES, VideoError, even_indices, is_video_name, sample_frames
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -181,13 +181,19 @@ def test_truncated_faststart_keeps_the_decodable_prefix(demo: Demo, tmp_path: Pa
 # ----------------------------------------------------------------- layouts and rates
 
 
-def _write(path: Path, frames: list[np.ndarray], pts: list[int] | None = None, rotation: int = 0) -> Path:
-    """H.264 from RGB frames, optionally with explicit timestamps (ms) and a display rotation."""
+def _write(
+    path: Path,
+    frames: list[np.ndarray],
+    pts: list[int] | None = None,
+    rotation: int = 0,
+    codec: str = "libx264",
+) -> Path:
+    """H.264 (or ``codec``) from RGB frames, optionally with timestamps (ms) and a display rotation."""
     from fractions import Fraction
 
     height, width = frames[0].shape[:2]
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
+        stream = container.add_stream(codec, rate=10)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if pts is not None:
             stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
@@ -224,6 +230,38 @@ def test_variable_frame_rate_is_sampled_by_frame_not_by_time(tmp_path: Path) -> 
     assert list(frames.indices) == even_indices(12, 4)
     for index, image in zip(frames.indices, frames.images, strict=True):
         assert abs(float(image.mean()) - 20 * index) < 4, index  # the right frame, not a neighbour in time
+
+
+# Each accepted container with a codec PyAV's wheel writes into it; libx264 makes B-frames,
+# which AVI cannot time (its frames are counted instead).
+CONTAINERS = [
+    (".mp4", "libx264"), (".MOV", "libx264"), (".mkv", "libx264"), (".avi", "libx264"), (".avi", "mpeg4"),
+    (".webm", "libvpx-vp9"), (".webm", "libvpx"),
+]  # fmt: skip
+
+
+def test_the_tested_containers_are_the_accepted_ones() -> None:
+    assert {suffix.lower() for suffix, _ in CONTAINERS} == set(VIDEO_SUFFIXES)
+
+
+@pytest.mark.parametrize(("suffix", "codec"), CONTAINERS)
+def test_every_accepted_container_gives_the_right_frames(tmp_path: Path, suffix: str, codec: str) -> None:
+    path = _write(tmp_path / f"clip{suffix}", [_grey(20 * i) for i in range(12)], codec=codec)
+    assert is_video_name(path)
+    frames = sample_frames(path, 4)
+    assert frames.n_frames == 12
+    assert list(frames.indices) == even_indices(12, 4)
+    for index, image in zip(frames.indices, frames.images, strict=True):
+        assert abs(float(image.mean()) - 20 * index) < 4, index  # this frame, not a neighbour
+
+
+@pytest.mark.parametrize(
+    ("name", "video"),
+    [("a.mp4", True), ("A.MP4", True), ("b.Mov", True), ("c.WEBM", True), ("d.mkv", True), ("e.AVI", True),
+     ("notes.txt", False), ("mp4", False), ("clip.mp4.part", False), ("clip", False)],
+)  # fmt: skip
+def test_video_names_are_matched_in_any_case(name: str, video: bool) -> None:
+    assert is_video_name(name) is video
 
 
 def test_rotation_metadata_gives_upright_portrait_frames(tmp_path: Path) -> None:
