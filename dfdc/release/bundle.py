@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -115,17 +116,39 @@ def _bundle_files(bundle_dir: Path) -> list[str]:
     )
 
 
+def _one_line(err: BaseException) -> str:
+    """An exception as one line, for a refusal printed without a traceback."""
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _read_checksums(sums_path: Path) -> dict[str, str]:
+    """The file name to SHA-256 mapping; an unreadable or malformed one is a ``BundleError``."""
+    try:
+        checksums = json.loads(sums_path.read_text())
+    except (OSError, ValueError) as err:  # permissions, bad UTF-8, bad JSON
+        raise BundleError(f"{sums_path}: unreadable ({_one_line(err)})") from err
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        raise BundleError(f"{sums_path}: not a mapping of file names to SHA-256 digests")
+    return checksums
+
+
 def verify_bundle(bundle_dir: Path) -> dict[str, str]:
-    """Raise ``BundleError`` naming the first missing, altered or unlisted file."""
+    """Raise ``BundleError`` naming the first missing, unreadable, altered or unlisted file."""
+    if not bundle_dir.is_dir():
+        raise BundleError(f"{bundle_dir}: no such folder; not a dfdc bundle")
     sums_path = bundle_dir / CHECKSUMS
     if not sums_path.is_file():
         raise BundleError(f"{bundle_dir}: no {CHECKSUMS}; not a dfdc bundle")
-    checksums: dict[str, str] = json.loads(sums_path.read_text())
+    checksums = _read_checksums(sums_path)
     for name in sorted(set(REQUIRED) | set(checksums)):
         path = bundle_dir / name
         if not path.is_file():
             raise BundleError(f"{path}: missing from bundle")
-        if checksums.get(name) != _sha256(path):
+        try:
+            digest = _sha256(path)
+        except OSError as err:
+            raise BundleError(f"{path}: unreadable ({_one_line(err)})") from err
+        if checksums.get(name) != digest:
             raise BundleError(f"{path}: checksum mismatch; the file was altered")
     unlisted = sorted(set(_bundle_files(bundle_dir)) - set(checksums))
     if unlisted:
@@ -135,8 +158,20 @@ def verify_bundle(bundle_dir: Path) -> dict[str, str]:
 
 
 def load_bundle(bundle_dir: Path) -> Bundle:
-    """Verify, then rebuild the model exactly as it was trained."""
+    """Verify, then rebuild the model exactly as it was trained.
+
+    A bundle whose files match their checksums but still do not load (checksums rewritten
+    by hand, or written by an incompatible dfdc) is a ``BundleError`` too: refused in one line.
+    """
     verify_bundle(bundle_dir)
+    try:
+        return _rebuild(bundle_dir)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+        raise BundleError(f"{bundle_dir}: cannot be loaded ({_one_line(err)})") from err
+
+
+def _rebuild(bundle_dir: Path) -> Bundle:
+    """The model and protocol of a verified bundle."""
     protocol = json.loads((bundle_dir / PROTOCOL).read_text())
     model_cfg = ModelConfig.model_validate(protocol["model"])
     model = build_model(model_cfg.model_copy(update={"pretrained": False, "weights_path": None}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -190,6 +191,37 @@ def test_missing_checksums_is_refused(bundle_copy: Path) -> None:
 def test_empty_folder_is_not_a_bundle(tmp_path: Path) -> None:
     with pytest.raises(BundleError):
         load_bundle(tmp_path)
+
+
+def test_missing_folder_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match=f"^{tmp_path / 'nothere'}: no such folder; not a dfdc bundle$"):
+        load_bundle(tmp_path / "nothere")
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(b"{not json", "unreadable [(]JSONDecodeError: "), (b"\xff\xfe", "unreadable [(]UnicodeDecodeError: "),
+     (b'["model.safetensors"]', "not a mapping of file names")],
+    ids=["bad-json", "not-utf8", "a-list"],
+)  # fmt: skip
+def test_unreadable_checksums_are_a_bundle_error(bundle_copy: Path, content: bytes, why: str) -> None:
+    (bundle_copy / CHECKSUMS).write_bytes(content)
+    with pytest.raises(BundleError, match=f"{CHECKSUMS}: {why}"):
+        load_bundle(bundle_copy)
+
+
+def test_checksummed_protocol_that_does_not_load_is_a_bundle_error(bundle_copy: Path) -> None:
+    """Checksums rewritten over an edit pass verification; loading still refuses, in one line."""
+    path = bundle_copy / PROTOCOL
+    protocol = json.loads(path.read_text())
+    protocol["model"]["name"] = "no_such_backbone"
+    path.write_text(json.dumps(protocol))
+    sums = json.loads((bundle_copy / CHECKSUMS).read_text())
+    sums[PROTOCOL] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (bundle_copy / CHECKSUMS).write_text(json.dumps(sums))
+    with pytest.raises(BundleError, match=r"cannot be loaded .*no_such_backbone") as info:
+        load_bundle(bundle_copy)
+    assert "\n" not in str(info.value)
 
 
 def test_rebuilding_over_a_bundle_keeps_it_valid(
