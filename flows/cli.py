@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dfdc.demo.generate import DemoSpec
+from dfdc.faces.video import VIDEO_SUFFIXES
 
 app = typer.Typer(help="Deepfake video detection pipeline (DFDC style).", no_args_is_help=True)
 Params = Annotated[str, typer.Option("--params", "-p", help="params.yaml to read")]
@@ -193,9 +194,12 @@ def retrain(params: Params = "params.yaml") -> None:
     retrain_flow(params)
 
 
+_VIDEOS = f"a folder of videos ({', '.join(VIDEO_SUFFIXES)}, in any case) or one video"
+
+
 @app.command()
 def predict(
-    target: Annotated[Path, typer.Argument(help="a folder of .mp4 files or one video")],
+    target: Annotated[Path, typer.Argument(help=_VIDEOS)],
     model: Annotated[str, typer.Option(help="bundle folder or models:/name@alias")] = "dist/submission",
     out: Annotated[Path, typer.Option(help="CSV to write")] = Path("submission.csv"),
     sample_submission: Annotated[Path | None, typer.Option(help="row order to follow")] = None,
@@ -205,10 +209,14 @@ def predict(
     threads: Annotated[int, typer.Option(help="torch intra-op threads")] = 1,
     params: Params = "params.yaml",
 ) -> None:
-    """Write `filename,label` (P(FAKE)) for every video; failures get the fallback and a reason."""
+    """Write `filename,label` (P(FAKE)) for every video; failures get the fallback and a reason.
+
+    Nothing to score (no such path, no videos) or a bad bundle: one line, exit status 2.
+    """
     import tempfile
 
-    from dfdc.release.predict import predict_files
+    from dfdc.release.bundle import BundleError
+    from dfdc.release.predict import PredictError, predict_files
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = Path(model)
@@ -218,7 +226,11 @@ def predict(
 
             registry = load_params(params).registry
             bundle_dir = download_model_bundle(registry, model, Path(tmp) / "bundle")
-        scores = predict_files(bundle_dir, target, out, sample_submission, details, threads=threads)
+        try:
+            scores = predict_files(bundle_dir, target, out, sample_submission, details, threads=threads)
+        except (BundleError, PredictError) as err:  # the path and the reason, no traceback
+            typer.echo(f"refusing to run: {err}", err=True)
+            raise typer.Exit(2) from None
     for row in scores[scores["status"] != "ok"].itertuples():
         typer.echo(f"{row.filename}: {row.status} {row.detail}".rstrip(), err=True)
     typer.echo(f"{len(scores)} videos scored -> {out}")

@@ -26,12 +26,21 @@ def _check_before_running() -> str | None:
     sums_path = HERE / "checksums.json"
     if not sums_path.is_file():
         return f"{sums_path}: missing; not a dfdc bundle"
-    checksums = json.loads(sums_path.read_text())
+    try:
+        checksums = json.loads(sums_path.read_text())
+    except (OSError, ValueError) as err:  # permissions, bad UTF-8, bad JSON
+        return f"{sums_path}: unreadable ({' '.join(str(err).split())})"
+    if not isinstance(checksums, dict):
+        return f"{sums_path}: not a mapping of file names to SHA-256 digests"
     for name, digest in sorted(checksums.items()):
         path = HERE / name
         if not path.is_file():
             return f"{path}: missing from bundle"
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            return f"{path}: unreadable ({err.strerror or err})"
+        if hashlib.sha256(data).hexdigest() != digest:
             return f"{path}: checksum mismatch; the file was altered"
     for path in sorted((HERE / "code").rglob("*")):
         if path.is_file() and path.relative_to(HERE).as_posix() not in checksums:
@@ -53,7 +62,7 @@ def _use_vendored_dfdc() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, score every video, write the submission (and details)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("target", type=Path, help="a folder of .mp4 files or one video")
+    parser.add_argument("target", type=Path, help="a folder of videos (see MODEL_CARD.md) or one video")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write")
     parser.add_argument("--sample-submission", type=Path, default=None, help="row order to follow")
     parser.add_argument("--details", type=Path, default=None, help="per-video JSON with frame scores")
@@ -65,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _use_vendored_dfdc()
     from dfdc.release.bundle import BundleError
-    from dfdc.release.predict import predict_files
+    from dfdc.release.predict import PredictError, predict_files
 
     try:
         scores = predict_files(
             HERE, args.target, args.out, args.sample_submission, args.details,
             progress=not args.no_progress, threads=args.threads,
         )  # fmt: skip
-    except BundleError as err:
+    except (BundleError, PredictError) as err:  # nothing to score, or a bad bundle: one line
         print(f"refusing to run: {err}", file=sys.stderr)
         return 2
     for row in scores[scores["status"] != "ok"].itertuples():

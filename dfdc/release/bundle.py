@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dfdc.config import ExtractConfig, ModelConfig
+from dfdc.faces.video import VIDEO_SUFFIXES
 from dfdc.model.backbone import Checkpoint, Preprocess, build_model
 from dfdc.scoring.calibrate import Calibration
 
@@ -225,12 +226,15 @@ outside this folder:
 
 ```bash
 python -m venv ~/dfdc-env && ~/dfdc-env/bin/pip install -r <bundle>/{REQUIREMENTS}
-~/dfdc-env/bin/python <bundle>/{ENTRY} <folder of .mp4 | video> --out submission.csv \\
+~/dfdc-env/bin/python <bundle>/{ENTRY} <folder of videos | video> --out submission.csv \\
     [--sample-submission sample_submission.csv] [--details details.json]
 ```
 
+A folder's videos are its {", ".join(f"`{s}`" for s in VIDEO_SUFFIXES)} files, in any case.
 `{ENTRY}` checks every file against `{CHECKSUMS}` first and refuses an altered, missing or
 unlisted one. It runs the dfdc source files in `{CODE}/`, the same ones the pipeline ran.
+A bad bundle, a path that does not exist or a folder without videos is refused in one line
+on stderr with exit status 2.
 
 ## Intended use and limits
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,14 +19,15 @@ from scipy.special import expit
 from dfdc.faces.extract import faces_of_video
 from dfdc.faces.store import as_stored, read_record, read_video_crops, video_file
 from dfdc.model.backbone import predict_logits
-from dfdc.release.bundle import Bundle, build_bundle, load_bundle
-from dfdc.release.predict import list_videos, score_videos, write_submission
+from dfdc.release.bundle import CHECKSUMS, PROTOCOL, WEIGHTS, Bundle, build_bundle, load_bundle
+from dfdc.release.predict import COLUMNS, list_videos, score_videos, write_submission
 from dfdc.scoring.aggregate import aggregate
 from dfdc.scoring.calibrate import Calibration, frame_scores
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from click.testing import Result
     from conftest import Demo, Extracted
 
     from dfdc.config import ExtractConfig
@@ -36,9 +38,13 @@ CAL = Calibration(temperature=2.0, clip_min=0.05, clip_max=0.95, fallback=0.66)
 
 
 @pytest.fixture(scope="module")
-def bundle(untrained_checkpoint: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    out = build_bundle(untrained_checkpoint, CAL, {"logloss": 0.5}, tmp_path_factory.mktemp("bundle"))
-    return load_bundle(out)
+def bundle_dir(untrained_checkpoint: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bundle(untrained_checkpoint, CAL, {"logloss": 0.5}, tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> Bundle:
+    return load_bundle(bundle_dir)
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +257,13 @@ def test_list_videos(demo: Demo, tmp_path: Path) -> None:
     single = listed[0]
     assert list_videos(single) == [single]
     shutil.copy(single, tmp_path / "b.mp4")
+    shutil.copy(single, tmp_path / "C.MOV")
     (tmp_path / "a.txt").write_text("not a video")
-    assert list_videos(tmp_path) == [tmp_path / "b.mp4"]
+    assert list_videos(tmp_path) == [tmp_path / "C.MOV", tmp_path / "b.mp4"]
+
+
+def test_no_videos_give_an_empty_table_with_its_columns(bundle: Bundle) -> None:
+    assert list(score_videos(bundle, [], progress=False).columns) == list(COLUMNS)
 
 
 def test_write_submission_follows_the_sample_order(scores: pd.DataFrame, demo: Demo, tmp_path: Path) -> None:
@@ -366,4 +377,285 @@ def test_bundle_entry_point_refuses_altered_code(bundle_alone: Path, demo: Demo,
     proc = _run_entry(altered, str(demo.test_dir), "--out", str(out))
     assert proc.returncode == 2
     assert "refusing to run" in proc.stderr and "faces/detect.py: checksum mismatch" in proc.stderr
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------- `dfdc predict` without surprises
+
+
+def _predict(*args: str) -> Result:
+    """``dfdc predict ARGS`` in this process."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, ["predict", *args])
+
+
+def _rechecksum(bundle: Path, name: str) -> None:
+    """Record a file's new digest, as someone covering an edit would."""
+    sums = json.loads((bundle / CHECKSUMS).read_text())
+    sums[name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    (bundle / CHECKSUMS).write_text(json.dumps(sums))
+
+
+def _folder(tmp: Path, *names: str) -> Path:
+    """A folder holding files of these names (not videos)."""
+    folder = tmp / "folder"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_text("not a video\n")
+    return folder
+
+
+def _copied_bundle(tmp: Path, bundle: Path) -> Path:
+    return Path(shutil.copytree(bundle, tmp / "copied"))
+
+
+def _no_such_folder(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    return [str(tmp / "nosuchfolder")], tmp / "nosuchfolder", "no such file or folder"
+
+
+def _no_such_video(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    return [str(tmp / "nosuchvideo.mp4")], tmp / "nosuchvideo.mp4", "no such file or folder"
+
+
+def _empty_folder(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    folder = _folder(tmp)
+    return [str(folder)], folder, "empty folder; no videos to score"
+
+
+def _folder_without_videos(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    folder = _folder(tmp, "notes.txt", "clip.mp4.part", "mp4")
+    (folder / "inner.mp4").mkdir()  # a folder is not a video, whatever its name
+    why = "no video files in the folder (looked for .mp4, .mov, .webm, .mkv, .avi, in any case)"
+    return [str(folder)], folder, why
+
+
+def _no_bundle(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    where = tmp / "nobundle"
+    return [str(demo.test_dir), "--model", str(where)], where, "no such folder; not a dfdc bundle"
+
+
+def _not_a_bundle(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    folder = _folder(tmp, "model.safetensors")
+    return [str(demo.test_dir), "--model", str(folder)], folder, f"no {CHECKSUMS}; not a dfdc bundle"
+
+
+def _altered_weights(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    copied = _copied_bundle(tmp, bundle)
+    with (copied / WEIGHTS).open("r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    why = "checksum mismatch; the file was altered"
+    return [str(demo.test_dir), "--model", str(copied)], copied / WEIGHTS, why
+
+
+def _unreadable_checksums(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    copied = _copied_bundle(tmp, bundle)
+    (copied / CHECKSUMS).write_text('{"model.safetensors": ')
+    return [str(demo.test_dir), "--model", str(copied)], copied / CHECKSUMS, "unreadable (JSONDecodeError: "
+
+
+def _protocol_that_does_not_load(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    copied = _copied_bundle(tmp, bundle)
+    protocol = json.loads((copied / PROTOCOL).read_text())
+    del protocol["extract"]
+    (copied / PROTOCOL).write_text(json.dumps(protocol))
+    _rechecksum(copied, PROTOCOL)
+    return [str(demo.test_dir), "--model", str(copied)], copied, "cannot be loaded (KeyError: 'extract')"
+
+
+def _no_such_sample(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    sample = tmp / "nosuchsample.csv"
+    args = [str(demo.test_dir), "--sample-submission", str(sample)]
+    return args, sample, "cannot read the sample submission (No such file or directory)"
+
+
+def _sample_without_filenames(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    sample = tmp / "sample.csv"
+    sample.write_text("name,label\na.mp4,0.5\n")
+    args = [str(demo.test_dir), "--sample-submission", str(sample)]
+    return args, sample, "no 'filename' column in the sample submission"
+
+
+def _sample_for_one_video(tmp: Path, bundle: Path, demo: Demo) -> tuple[list[str], Path, str]:
+    video = list_videos(demo.test_dir)[0]
+    args = [str(video), "--sample-submission", str(demo.sample_submission)]
+    return args, video, "not a folder; a sample submission names the videos of a folder"
+
+
+NOTHING_TO_SCORE = [_no_such_folder, _no_such_video, _empty_folder, _folder_without_videos]
+BAD_BUNDLES = [
+    _no_bundle, _not_a_bundle, _altered_weights, _unreadable_checksums, _protocol_that_does_not_load,
+]  # fmt: skip
+BAD_SAMPLES = [_no_such_sample, _sample_without_filenames, _sample_for_one_video]
+
+
+@pytest.mark.parametrize("case", NOTHING_TO_SCORE + BAD_BUNDLES + BAD_SAMPLES, ids=lambda c: c.__name__[1:])
+def test_predict_refuses_in_one_line_with_status_2(
+    case: Callable[[Path, Path, Demo], tuple[list[str], Path, str]],
+    bundle_dir: Path,
+    demo: Demo,
+    tmp_path: Path,
+) -> None:
+    args, path, why = case(tmp_path, bundle_dir, demo)  # the arguments, the path named, the reason
+    out = tmp_path / "submission.csv"
+    result = _predict(*args, "--out", str(out), *([] if "--model" in args else ["--model", str(bundle_dir)]))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.stdout == ""
+    assert result.stderr.count("\n") == 1  # one line
+    assert result.stderr.startswith(f"refusing to run: {path}: {why}")
+    assert not out.exists()
+
+
+def test_dfdc_predict_refuses_a_missing_path_without_a_traceback(bundle_dir: Path, tmp_path: Path) -> None:
+    """The installed command, in its own process: what a user sees."""
+    missing = tmp_path / "test_videoz"
+    dfdc = Path(sys.executable).with_name("dfdc")
+    proc = subprocess.run(
+        [str(dfdc), "predict", str(missing), "--model", str(bundle_dir), "--out", str(tmp_path / "s.csv")],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr == f"refusing to run: {missing}: no such file or folder\n"
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def _remux(src: Path, dst: Path) -> Path:
+    """The same H.264 packets in another container (its suffix says which): the same frames."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = inp.streams.video[0]
+        target = out.add_stream_from_template(stream)
+        for packet in inp.demux(stream):
+            if packet.dts is not None:
+                packet.stream = target
+                out.mux(packet)
+    return dst
+
+
+def _reencode(src: Path, dst: Path, codec: str) -> Path:
+    """Every frame of ``src`` encoded afresh with ``codec`` into ``dst``'s container."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        source = inp.streams.video[0]
+        stream = out.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = source.width, source.height, "yuv420p"
+        for frame in inp.decode(source):
+            image = frame.to_ndarray(format="rgb24")
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode(None))
+    return dst
+
+
+def test_videos_of_every_container_in_any_case_are_scored(
+    bundle_dir: Path, inputs: dict[str, list[Path]], scores: pd.DataFrame, tmp_path: Path
+) -> None:
+    first, second = inputs["good"][:2]
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(first, folder / "UPPER.MP4")
+    _remux(second, folder / "phone.mov")
+    _remux(second, folder / "clip.MKV")
+    _reencode(first, folder / "web.webm", "libvpx-vp9")
+    _reencode(first, folder / "old.avi", "libx264")
+    (folder / "notes.txt").write_text("not a video\n")
+    out, details = tmp_path / "submission.csv", tmp_path / "details.json"
+    result = _predict(str(folder), "--model", str(bundle_dir), "--out", str(out), "--details", str(details))
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out).set_index("filename")
+    assert sorted(rows.index) == sorted(["UPPER.MP4", "phone.mov", "clip.MKV", "web.webm", "old.avi"])
+    statuses = {d["filename"]: d["status"] for d in json.loads(details.read_text())}
+    assert statuses == dict.fromkeys(rows.index, "ok")  # each scored from its faces
+    before = scores.set_index("filename")
+    # the same packets give the same frames, so the same probability
+    assert rows.at["UPPER.MP4", "label"] == pytest.approx(before.at[first.name, "label"], rel=1e-6)
+    for name in ("phone.mov", "clip.MKV"):
+        assert rows.at[name, "label"] == pytest.approx(before.at[second.name, "label"], rel=1e-6)
+
+
+def test_sample_names_that_leave_the_folder_are_refused_and_the_others_scored(
+    bundle_dir: Path,
+    inputs: dict[str, list[Path]],
+    scores: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dfdc.faces.extract as extract
+
+    first, second = inputs["good"][:2]
+    folder = tmp_path / "videos"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(first, folder / first.name)
+    shutil.copy(second, folder / "sub" / "inner.mp4")  # a subfolder is still inside
+    outside = Path(shutil.copy(second, tmp_path / "x.mp4"))  # a real video: it would score if opened
+    refused = ["../x.mp4", "/etc/passwd", str(outside), "sub/../../x.mp4"]
+    names = [first.name, refused[0], refused[1], "sub/inner.mp4", refused[2], refused[3], "gone.mp4"]
+    sample = tmp_path / "sample_submission.csv"
+    pd.DataFrame({"filename": names, "label": 0.5}).to_csv(sample, index=False)
+    opened: list[Path] = []
+    real = extract.sample_frames
+
+    def recording(path: Path, *args: object, **kwargs: object) -> object:
+        opened.append(Path(path))
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(extract, "sample_frames", recording)
+    out, details = tmp_path / "submission.csv", tmp_path / "details.json"
+    result = _predict(
+        str(folder), "--model", str(bundle_dir), "--out", str(out), "--sample-submission", str(sample),
+        "--details", str(details),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert all(p.resolve().is_relative_to(folder) for p in opened) and len(opened) == 3
+    written = pd.read_csv(out)
+    assert written["filename"].tolist() == names  # every listed video has its row, in order
+    rows = {d["filename"]: d for d in json.loads(details.read_text())}
+    assert {n: r["status"] for n, r in rows.items()} == {
+        first.name: "ok", "sub/inner.mp4": "ok", "gone.mp4": "missing", **dict.fromkeys(refused, "refused"),
+    }  # fmt: skip
+    labels = written.set_index("filename")["label"]
+    before = scores.set_index("filename")["label"]
+    for name in refused:
+        assert rows[name]["detail"] == "name leaves the folder"
+        assert labels[name] == pytest.approx(CAL.fallback)
+        assert f"{name}: refused name leaves the folder" in result.stderr.splitlines()
+    assert labels[first.name] == pytest.approx(before[first.name], rel=1e-6)
+    assert labels["sub/inner.mp4"] == pytest.approx(before[second.name], rel=1e-6)
+
+
+def _missing_target(tmp: Path, bundle: Path) -> tuple[Path, list[str], str]:
+    return bundle, [str(tmp / "nosuchfolder")], f"{tmp / 'nosuchfolder'}: no such file or folder"
+
+
+def _no_videos(tmp: Path, bundle: Path) -> tuple[Path, list[str], str]:
+    folder = _folder(tmp, "notes.txt")
+    kinds = ".mp4, .mov, .webm, .mkv, .avi"
+    return bundle, [str(folder)], f"{folder}: no video files in the folder (looked for {kinds}, in any case)"
+
+
+def _garbled_checksums(tmp: Path, bundle: Path) -> tuple[Path, list[str], str]:
+    copied = _copied_bundle(tmp, bundle)
+    (copied / CHECKSUMS).write_bytes(b"\xff\xfe not json")
+    return copied, [str(tmp)], f"{copied / CHECKSUMS}: unreadable ("
+
+
+ENTRY_CASES = [_missing_target, _no_videos, _garbled_checksums]
+
+
+@pytest.mark.parametrize("case", ENTRY_CASES, ids=lambda c: c.__name__[1:])
+def test_bundle_entry_point_refuses_in_one_line_with_status_2(
+    case: Callable[[Path, Path], tuple[Path, list[str], str]], bundle_alone: Path, tmp_path: Path
+) -> None:
+    bundle, args, message = case(tmp_path, bundle_alone)
+    out = tmp_path / "sub.csv"
+    proc = _run_entry(bundle, *args, "--out", str(out))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"refusing to run: {message}")
     assert not out.exists()
