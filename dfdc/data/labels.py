@@ -256,8 +256,11 @@ def write_labels(table: pd.DataFrame, path: Path) -> None:
 
 
 def read_labels(labels_dir: Path, chunks: Iterable[str]) -> pd.DataFrame:
-    """The labels of several chunks (see :data:`LABEL_COLUMNS`)."""
-    frames = [pd.read_parquet(Path(labels_dir) / f"{c}.parquet") for c in chunks]
+    """The labels of several chunks (see :data:`LABEL_COLUMNS`); a chunk never labelled is an error."""
+    paths = [Path(labels_dir) / f"{c}.parquet" for c in chunks]
+    if missing := [p for p in paths if not p.is_file()]:
+        raise FileNotFoundError(f"{missing[0]}: no labels for this chunk; run `dfdc labels` first")
+    frames = [pd.read_parquet(p) for p in paths]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=LABEL_COLUMNS)
 
 

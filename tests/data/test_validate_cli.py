@@ -178,7 +178,7 @@ def test_malformed_chunk_fails_naming_file_and_rule(
     assert any(detail in row for row in rows), result.output
     assert f"| {GOOD} |" not in result.output  # the valid chunk beside it is not blamed
     assert _digest(project / GOOD) == before  # nor touched
-    summary = json.loads((project / "reports/validation/summary.json").read_text())
+    summary = json.loads((project / "reports/validation-by-hand/summary.json").read_text())
     assert summary["ok"] is False
 
 
@@ -199,7 +199,9 @@ def test_valid_chunk_passes_and_builds_data_docs(project: Path, harness: None) -
 
     result = CliRunner().invoke(app, ["validate", GOOD])
     assert result.exit_code == 0, result.output
-    docs = project / "reports/validation/data_docs"
+    # Folders named by hand report beside the stage's output, never into it (dvc would rerun).
+    assert not (project / "reports/validation").exists()
+    docs = project / "reports/validation-by-hand/data_docs"
     assert (docs / "index.html").is_file()
     pages = list((docs / "validations").rglob("*.html"))
     assert len(pages) == 1

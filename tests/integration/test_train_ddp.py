@@ -16,6 +16,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from dfdc.config import LabelsConfig
+from dfdc.data.labels import label_chunk, store_locations, write_labels
 from dfdc.model.backbone import Checkpoint
 
 if TYPE_CHECKING:
@@ -33,6 +35,12 @@ def _project(extracted: Extracted, tmp_path: Path, epochs: int) -> tuple[dict[st
     root = Path(__file__).parents[2]
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"].update(faces_dir=str(extracted.faces_dir), splits=str(tmp_path / "splits.parquet"))
+    labels = LabelsConfig(out_dir=tmp_path / "labels")  # what the labels stage writes for the chunk
+    chunk = extracted.out_dir.name
+    locations = store_locations(extracted.faces_dir, [chunk])
+    write_labels(label_chunk(extracted.faces_dir, chunk, locations, labels, params["extract"]["margin"]),
+                 labels.out_dir / f"{chunk}.parquet")  # fmt: skip
+    params["labels"]["out_dir"] = str(labels.out_dir)
     params["extract"].update(crop_size=32, frames_per_video=4)
     params["train"].update(epochs=epochs, batch_size=8, patience=None)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
