@@ -154,6 +154,7 @@ def create_app(bundle_dir: Path, cfg: ServeConfig | None = None, bundle: Bundle 
 def _score(bundle: Bundle, path: Path, info: ModelInfo, name: str, duration: float) -> Result:
     """``score_videos`` on the saved upload (as ``dfdc predict`` scores it), then the reading."""
     row = score_videos(bundle, [path], progress=False, details=True).iloc[0].to_dict()
+    row["detail"] = row["detail"].replace(str(path), name)  # never the server's file in an answer
     if row["status"] != "ok":
         _LOG.info("%s: fallback score (%s %s)", name, row["status"], row["detail"])
     return build_result(bundle, path, row, info, name, duration)

@@ -125,7 +125,9 @@ def probe_video(path: Path, max_duration_s: float) -> float:
     try:
         container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise ServeError(415, "not_a_video", f"the file is not a video that can be opened ({err})") from err
+        # the reason without PyAV's message: it names the server's file
+        kind = type(err).__name__
+        raise ServeError(415, "not_a_video", f"the file is not a video that can be opened ({kind})") from err
     with container:
         formats = set(container.format.name.split(","))
         if not formats & CONTAINERS:

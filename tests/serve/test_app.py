@@ -99,6 +99,7 @@ def test_text_renamed_mp4_is_refused(client: TestClient, tmp_path: Path) -> None
     answer = _post(client, fake)
     assert answer["code"] == 415
     assert answer["json"]["error"] == "not_a_video" and answer["json"]["detail"]
+    assert "upload" not in answer["json"]["detail"]  # no server-side file named in the answer
 
 
 def test_audio_only_is_refused(client: TestClient, tmp_path: Path, audio_only_mp4: Callable) -> None:
@@ -186,3 +187,12 @@ def test_report_refuses_a_foreign_image(client: TestClient, videos: list[Path]) 
     result = _post(client, videos[0])["json"]
     result["persons"][0]["thumbnail"] = "https://example.org/x.png"
     assert client.post("/api/report", json=result).status_code == 422
+
+
+def test_cli_refuses_a_bad_bundle(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["serve", "--model", str(tmp_path / "nothing"), "--params", "none.yaml"])
+    assert result.exit_code == 2 and "not a dfdc bundle" in result.output
