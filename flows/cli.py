@@ -220,13 +220,13 @@ def predict(
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = Path(model)
-        if model.startswith("models:/"):
-            from dfdc.config import load_params
-            from dfdc.release.registry import download_model_bundle
-
-            registry = load_params(params).registry
-            bundle_dir = download_model_bundle(registry, model, Path(tmp) / "bundle")
         try:
+            if model.startswith("models:/"):  # the registry's copy, checked against its digest tag
+                from dfdc.config import load_params
+                from dfdc.release.registry import download_model_bundle
+
+                registry = load_params(params).registry
+                bundle_dir = download_model_bundle(registry, model, Path(tmp) / "bundle")
             scores = predict_files(bundle_dir, target, out, sample_submission, details, threads=threads)
         except (BundleError, PredictError) as err:  # the path and the reason, no traceback
             typer.echo(f"refusing to run: {err}", err=True)
@@ -257,12 +257,11 @@ def serve(
     cfg = settings.serve
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = Path(model)
-        if model.startswith("models:/"):
-            from dfdc.release.registry import download_model_bundle
-
-            registry = settings.registry
-            bundle_dir = download_model_bundle(registry, model, Path(tmp) / "bundle")
         try:
+            if model.startswith("models:/"):  # the registry's copy, checked against its digest tag
+                from dfdc.release.registry import download_model_bundle
+
+                bundle_dir = download_model_bundle(settings.registry, model, Path(tmp) / "bundle")
             web = create_app(bundle_dir, cfg)
         except BundleError as err:
             typer.echo(f"refusing to run: {err}", err=True)
