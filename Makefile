@@ -25,7 +25,12 @@ demo: install
 	dvc repro
 	@echo; echo "metrics:"; cat reports/metrics.json
 
+# tests/browser drive headless Chromium: installed here (Debian, as root) when missing, else they fail
+# with the command to run.
 test: install
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null; } || \
+	  echo "cannot install chromium: browser tests will fail (apt-get install chromium chromium-driver)"
 	pytest
 
 lint: install

@@ -228,6 +228,17 @@ class ReportConfig(Strict):
     seed: int = 0
 
 
+class ServeConfig(Strict):
+    """``dfdc serve``: where it listens and what one upload may cost (``dfdc.serve``)."""
+
+    host: str = "127.0.0.1"  # loopback: put a reverse proxy in front to open it wider
+    port: int = Field(8000, ge=1, le=65535)
+    max_upload_bytes: int = Field(200_000_000, ge=1)  # 413 as soon as an upload passes it
+    max_duration_s: float = Field(600.0, gt=0)  # longer videos are refused before scoring
+    queue: int = Field(4, ge=0)  # uploads waiting behind the one being scored; more get 503
+    threads: int = Field(1, ge=1)  # torch intra-op threads of the scorer
+
+
 class Params(Strict):
     """The whole of ``params.yaml``."""
 
@@ -245,6 +256,7 @@ class Params(Strict):
     package: PackageConfig = PackageConfig()
     retrain: RetrainConfig = RetrainConfig()
     report: ReportConfig = ReportConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

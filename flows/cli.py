@@ -220,13 +220,13 @@ def predict(
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = Path(model)
-        if model.startswith("models:/"):
-            from dfdc.config import load_params
-            from dfdc.release.registry import download_model_bundle
-
-            registry = load_params(params).registry
-            bundle_dir = download_model_bundle(registry, model, Path(tmp) / "bundle")
         try:
+            if model.startswith("models:/"):  # the registry's copy, checked against its digest tag
+                from dfdc.config import load_params
+                from dfdc.release.registry import download_model_bundle
+
+                registry = load_params(params).registry
+                bundle_dir = download_model_bundle(registry, model, Path(tmp) / "bundle")
             scores = predict_files(bundle_dir, target, out, sample_submission, details, threads=threads)
         except (BundleError, PredictError) as err:  # the path and the reason, no traceback
             typer.echo(f"refusing to run: {err}", err=True)
@@ -234,3 +234,37 @@ def predict(
     for row in scores[scores["status"] != "ok"].itertuples():
         typer.echo(f"{row.filename}: {row.status} {row.detail}".rstrip(), err=True)
     typer.echo(f"{len(scores)} videos scored -> {out}")
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="bundle folder or models:/name@alias")] = "dist/submission",
+    host: Annotated[str | None, typer.Option(help="address (default: params serve.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: params serve.port)")] = None,
+    params: Params = "params.yaml",
+) -> None:
+    """A web page and JSON API scoring one uploaded video at a time (limits in params `serve:`)."""
+    import tempfile
+
+    import torch
+    import uvicorn
+
+    from dfdc.config import Params, load_params
+    from dfdc.release.bundle import BundleError
+    from dfdc.serve.app import create_app
+
+    settings = load_params(params) if Path(params).is_file() else Params()  # no params file: defaults
+    cfg = settings.serve
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle_dir = Path(model)
+        try:
+            if model.startswith("models:/"):  # the registry's copy, checked against its digest tag
+                from dfdc.release.registry import download_model_bundle
+
+                bundle_dir = download_model_bundle(settings.registry, model, Path(tmp) / "bundle")
+            web = create_app(bundle_dir, cfg)
+        except BundleError as err:
+            typer.echo(f"refusing to run: {err}", err=True)
+            raise typer.Exit(2) from None
+        torch.set_num_threads(cfg.threads)
+        uvicorn.run(web, host=host or cfg.host, port=port or cfg.port, workers=1)

@@ -157,3 +157,16 @@ def faceless_mp4() -> Callable[[Path], Path]:
 def audio_only_mp4() -> Callable[[Path], Path]:
     """Writes an audio-only mp4 to the given path and returns it."""
     return _audio_only_mp4
+
+
+@pytest.fixture(scope="session")
+def serve_bundle_dir(untrained_checkpoint: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the untrained checkpoint for ``dfdc serve``'s tests (web API and browser)."""
+    from dfdc.release.bundle import build_bundle
+    from dfdc.scoring.calibrate import Calibration
+
+    calibration = Calibration(temperature=2.0, clip_min=0.05, clip_max=0.95, fallback=0.5)
+    return build_bundle(
+        untrained_checkpoint, calibration, {"logloss": 0.69, "auc": 0.5},
+        tmp_path_factory.mktemp("serve_bundle"), {"run_id": "test-run"},
+    )  # fmt: skip

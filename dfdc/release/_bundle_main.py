@@ -1,18 +1,38 @@
-"""Score videos with this bundle alone: ``python predict.py VIDEOS --out submission.csv``.
+"""Score videos with this bundle alone: ``python -I predict.py VIDEOS --out submission.csv``.
 
 Copied into every bundle as its ``predict.py``. It holds no protocol of its own: it runs
 the dfdc source files shipped in ``code/`` (the same files the pipeline ran when the
 bundle was built), after checking every file of the bundle against ``checksums.json``.
 Needs only the packages of ``requirements.txt``.
+
+Nothing in the bundle folder runs before that check. ``python predict.py`` puts this
+script's folder first on ``sys.path``, so a ``json.py`` or ``hashlib.py`` planted beside
+it would be imported in place of the standard library's by this file's first ``import``.
+Hence, in this order, before any other import:
+
+1. ``sys`` only: it is built into the interpreter, so importing it reads no file
+   (and there is no ``from __future__`` line: that is a real import too);
+2. ``sys.dont_write_bytecode``: running the bundle writes no ``__pycache__`` into it;
+3. unless Python already left the script's folder out (``-I`` isolated mode, or ``-P``),
+   ``sys.path[0]``, which is that folder when a script is run, is removed.
+
+Only then are the standard library modules imported, from the interpreter's own
+library. ``python -I`` is still the documented way to run it: it also ignores
+``PYTHONPATH``, ``PYTHON*`` variables and the user's site-packages, which could
+point an import anywhere. Then every file is checked: each listed one against its
+SHA-256, and any file the checksums do not list, anywhere in the folder, is refused.
 """
 
-from __future__ import annotations
+import sys  # built into the interpreter: no file is read, nothing can shadow it
 
-import argparse
-import hashlib
-import json
-import sys
-from pathlib import Path
+sys.dont_write_bytecode = True  # the bundle stays exactly as checksummed
+if __name__ == "__main__" and not (sys.flags.isolated or getattr(sys.flags, "safe_path", False)):
+    del sys.path[0]  # this script's folder (or, with -m, the current one): nothing is imported from it
+
+import argparse  # noqa: E402  (only now: see the module docstring)
+import hashlib  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,15 +62,16 @@ def _check_before_running() -> str | None:
             return f"{path}: unreadable ({err.strerror or err})"
         if hashlib.sha256(data).hexdigest() != digest:
             return f"{path}: checksum mismatch; the file was altered"
-    for path in sorted((HERE / "code").rglob("*")):
-        if path.is_file() and path.relative_to(HERE).as_posix() not in checksums:
+    for path in sorted(HERE.rglob("*")):  # the whole folder, not only code/
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if path != sums_path and path.relative_to(HERE).as_posix() not in checksums:
             return f"{path}: not listed in checksums.json; the bundle was altered"
     return None
 
 
 def _use_vendored_dfdc() -> None:
     """Import ``dfdc`` from this bundle's ``code/``, never from an installed copy."""
-    sys.dont_write_bytecode = True  # the bundle stays exactly as checksummed
     sys.path.insert(0, str(HERE / "code"))
     import dfdc
 

@@ -153,9 +153,22 @@ def verify_bundle(bundle_dir: Path) -> dict[str, str]:
             raise BundleError(f"{path}: checksum mismatch; the file was altered")
     unlisted = sorted(set(_bundle_files(bundle_dir)) - set(checksums))
     if unlisted:
-        raise BundleError(f"{bundle_dir / unlisted[0]}: not listed in {CHECKSUMS}; the bundle was altered "
-                          "(keep outputs and environments outside the bundle folder)")
+        raise BundleError(
+            f"{bundle_dir / unlisted[0]}: not listed in {CHECKSUMS}; the bundle was altered "
+            "(keep outputs and environments outside the bundle folder)"
+        )
     return checksums
+
+
+def bundle_digest(checksums: dict[str, str]) -> str:
+    """One SHA-256 for a whole bundle: of its checksums, sorted, in compact JSON.
+
+    ``verify_bundle`` ties every file to the checksums; this ties the checksums to a value
+    kept outside the bundle (the registry's ``bundle_sha256`` tag), so a copy whose files
+    and checksums were both rewritten is still caught.
+    """
+    canonical = json.dumps(checksums, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def load_bundle(bundle_dir: Path) -> Bundle:
@@ -226,13 +239,14 @@ outside this folder:
 
 ```bash
 python -m venv ~/dfdc-env && ~/dfdc-env/bin/pip install -r <bundle>/{REQUIREMENTS}
-~/dfdc-env/bin/python <bundle>/{ENTRY} <folder of videos | video> --out submission.csv \\
+~/dfdc-env/bin/python -I <bundle>/{ENTRY} <folder of videos | video> --out submission.csv \\
     [--sample-submission sample_submission.csv] [--details details.json]
 ```
 
 A folder's videos are its {", ".join(f"`{s}`" for s in VIDEO_SUFFIXES)} files, in any case.
 `{ENTRY}` checks every file against `{CHECKSUMS}` first and refuses an altered, missing or
-unlisted one. It runs the dfdc source files in `{CODE}/`, the same ones the pipeline ran.
+unlisted one, anywhere in the folder; nothing of the folder is imported before that check.
+It runs the dfdc source files in `{CODE}/`, the same ones the pipeline ran.
 A bad bundle, a path that does not exist or a folder without videos is refused in one line
 on stderr with exit status 2.
 

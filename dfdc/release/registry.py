@@ -21,19 +21,31 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import NOT_FOUND, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.store.artifact.utils.models import get_model_name_and_version
 from mlflow.types import ColSpec, Schema
 
 from dfdc.config import RegistryConfig
+from dfdc.release.bundle import BundleError, bundle_digest, verify_bundle
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+# One video a row: its bytes (base64 in JSON) with an optional name, or a path under the
+# ``video_root`` given at load time; see ``pyfunc_model``.
 _SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "path")]),
-    outputs=Schema([ColSpec("string", "filename"), ColSpec("double", "label"), ColSpec("string", "status")]),
-)
+    inputs=Schema([
+        ColSpec("binary", "video", required=False),
+        ColSpec("string", "name", required=False),
+        ColSpec("string", "path", required=False),
+    ]),
+    outputs=Schema([
+        ColSpec("string", "filename"), ColSpec("double", "label"), ColSpec("string", "status"),
+        ColSpec("string", "detail"),
+    ]),
+)  # fmt: skip
 # The error codes that mean "no such registered model": the only registry errors read as "no champion".
 _NOT_FOUND = frozenset(ErrorCode.Name(code) for code in (RESOURCE_DOES_NOT_EXIST, NOT_FOUND))
+DIGEST_TAG = "bundle_sha256"  # a version's bundle, as registered: see ``bundle.bundle_digest``
 OWN_EVALUATION = "the candidate's own evaluation (no champion to compare with)"
 
 
@@ -150,14 +162,15 @@ class Decision:
         return asdict(self)
 
 
-def register_bundle(
-    cfg: RegistryConfig, run_id: str, bundle_dir: Path, tags: Mapping[str, str]
-) -> int:
+def register_bundle(cfg: RegistryConfig, run_id: str, bundle_dir: Path, tags: Mapping[str, str]) -> int:
     """Log the bundle as a pyfunc model of the run and register it; returns the version.
 
     The model's requirements are the bundle's exact pins (MLflow adds itself), so
-    ``mlflow models serve`` can also build its own environment from them.
+    ``mlflow models serve`` can also build its own environment from them. The bundle is
+    verified first and its digest is tagged ``bundle_sha256`` on the version, for
+    ``download_model_bundle`` to check every later copy against.
     """
+    digest = bundle_digest(verify_bundle(bundle_dir))
     connect(cfg)
     requirements = bundle_dir / "requirements.txt"
     with mlflow.start_run(run_id=run_id):
@@ -168,8 +181,9 @@ def register_bundle(
             code_paths=[str(Path(__file__).parents[1])],  # the whole dfdc package
             pip_requirements=str(requirements) if requirements.is_file() else [],
             signature=_SIGNATURE,
+            model_config={"video_root": ""},  # no paths unless a root is given at load time
         )
-    version = mlflow.register_model(info.model_uri, cfg.model_name, tags=dict(tags))
+    version = mlflow.register_model(info.model_uri, cfg.model_name, tags={**tags, DIGEST_TAG: digest})
     return int(version.version)
 
 
@@ -285,16 +299,38 @@ def _record(client: MlflowClient, name: str, decision: Decision) -> Decision:
 
 
 def download_model_bundle(cfg: RegistryConfig, model_uri: str, dest: Path) -> Path:
-    """Copy the bundle of any registered model URI (``models:/name@alias``) into ``dest``.
+    """Copy the bundle of any registered model URI (``models:/name@alias``) into ``dest``, verified.
 
     The bundle's place inside the model comes from its MLmodel file: MLflow files it under
     the name of the folder that was logged, which ``registry.bundle_dir`` leaves to the user.
+    The copy must pass ``verify_bundle`` and its digest must equal the version's
+    ``bundle_sha256`` tag, written at registration; otherwise ``BundleError`` (and ``dest``
+    is removed), so an artifact store altered after registration is never scored.
     """
-    connect(cfg)
+    client = connect(cfg)
+    name, version = get_model_name_and_version(client, model_uri)
+    expected = client.get_model_version(name, str(version)).tags.get(DIGEST_TAG)
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
     artifacts = Model.load(local).flavors["python_function"]["artifacts"]
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(local / artifacts["bundle"]["path"], dest)
+    try:
+        if expected is None:
+            raise BundleError(
+                f"{model_uri} (version {version}): no {DIGEST_TAG} tag; register the bundle again"
+            )
+        try:
+            digest = bundle_digest(verify_bundle(dest))
+        except BundleError as err:
+            raise BundleError(f"{model_uri} (version {version}): {err}") from err
+        if digest != expected:
+            raise BundleError(
+                f"{model_uri} (version {version}): bundle digest {digest[:12]}… differs from its "
+                f"{DIGEST_TAG} tag {expected[:12]}…; the registry's copy was altered after registration"
+            )
+    except BundleError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
     return dest
 
 

@@ -6,6 +6,7 @@ A real MLflow SQLite store in a temporary folder, a real model server in a subpr
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -88,6 +89,16 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def _invoke(port: int, body: dict[str, object]) -> list[dict[str, object]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())["predictions"]
+
+
 def test_served_champion_scores_videos(registry: RegistryConfig, demo: Demo, tmp_path: Path) -> None:
     port = _free_port()
     env = {
@@ -117,25 +128,21 @@ def test_served_champion_scores_videos(registry: RegistryConfig, demo: Demo, tmp
             time.sleep(1)
 
         videos = list_videos(demo.test_dir)
-        missing = tmp_path / "notthere.mp4"
-        body = {"dataframe_split": {"columns": ["path"], "data": [[str(p)] for p in [*videos, missing]]}}
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=120) as response:
-            answer = json.loads(response.read())["predictions"]
+        sent = [[p.name, base64.b64encode(p.read_bytes()).decode()] for p in videos]
+        answer = _invoke(port, {"dataframe_split": {"columns": ["name", "video"], "data": sent}})
+        secret = tmp_path / "serve.log"  # a path on the server: no video_root was given, so never opened
+        (refused,) = _invoke(port, {"dataframe_split": {"columns": ["path"], "data": [[str(secret)]]}})
     finally:
         _stop(server)
         log.close()
 
-    assert [row["filename"] for row in answer] == [p.name for p in [*videos, missing]]
-    assert answer[-1]["status"] == "missing" and answer[-1]["label"] == pytest.approx(0.7)
+    assert [row["filename"] for row in answer] == [p.name for p in videos]
+    assert refused["status"] == "refused" and refused["label"] == pytest.approx(0.7)
+    assert refused["detail"].startswith("paths are not accepted")
     bundle = load_bundle(Path(tmp_path / "bundle"))
     want = score_videos(bundle, videos, progress=False)
-    assert [row["status"] for row in answer[:-1]] == want["status"].tolist()
-    assert [row["label"] for row in answer[:-1]] == pytest.approx(want["label"].tolist(), rel=1e-5)
+    assert [row["status"] for row in answer] == want["status"].tolist()
+    assert [row["label"] for row in answer] == pytest.approx(want["label"].tolist(), rel=1e-5)
 
 
 def test_bundle_alone_in_a_new_venv_scores_like_dfdc_predict(

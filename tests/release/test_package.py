@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,7 @@ from dfdc.release.bundle import (
     WEIGHTS,
     BundleError,
     build_bundle,
+    bundle_digest,
     load_bundle,
     verify_bundle,
 )
@@ -65,7 +68,11 @@ def test_vendored_code_is_the_projects_own_source(bundle_dir: Path) -> None:
     root = bundle_dir / CODE / "dfdc"
     vendored = {p.relative_to(root).as_posix(): p for p in root.rglob("*.py")}
     assert set(vendored) >= {
-        "__init__.py", "config.py", "faces/video.py", "faces/extract.py", "model/backbone.py",
+        "__init__.py",
+        "config.py",
+        "faces/video.py",
+        "faces/extract.py",
+        "model/backbone.py",
         "model/__init__.py",
     }
     assert "release/pyfunc_model.py" not in vendored  # no MLflow, no Prefect inside
@@ -224,11 +231,66 @@ def test_checksummed_protocol_that_does_not_load_is_a_bundle_error(bundle_copy: 
     assert "\n" not in str(info.value)
 
 
-def test_rebuilding_over_a_bundle_keeps_it_valid(
-    bundle_copy: Path, untrained_checkpoint: Checkpoint
-) -> None:
+def test_rebuilding_over_a_bundle_keeps_it_valid(bundle_copy: Path, untrained_checkpoint: Checkpoint) -> None:
     other = Calibration(1.0, 0.01, 0.99, 0.5)
     build_bundle(untrained_checkpoint, other, {"logloss": 0.3}, bundle_copy)
     bundle = load_bundle(bundle_copy)
     assert bundle.calibration == other
     assert bundle.metrics == {"logloss": 0.3}
+
+
+def test_an_unlisted_file_in_a_new_subfolder_is_refused(bundle_copy: Path) -> None:
+    (bundle_copy / "extra").mkdir()
+    (bundle_copy / "extra" / "notes.txt").write_text("hello\n")
+    with pytest.raises(BundleError, match=f"extra/notes.txt: not listed in {CHECKSUMS}"):
+        verify_bundle(bundle_copy)
+
+
+def test_bundle_digest_names_the_checksums_in_any_order(bundle_dir: Path) -> None:
+    sums = verify_bundle(bundle_dir)
+    assert bundle_digest(dict(reversed(sums.items()))) == bundle_digest(sums)
+    assert bundle_digest({**sums, PROTOCOL: "0" * 64}) != bundle_digest(sums)
+
+
+# ------------------------------------------------ the entry point runs nothing of the folder before checking
+
+
+def _run_entry(bundle: Path, cwd: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``python [FLAGS] predict.py`` on a folder without videos: refused before anything is scored."""
+    cmd = [
+        sys.executable,
+        *flags,
+        str(bundle / ENTRY),
+        str(cwd),
+        "--out",
+        str(cwd / "sub.csv"),
+        "--no-progress",
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, cwd=cwd)
+
+
+@pytest.mark.parametrize("flags", [(), ("-I",)], ids=["plain", "isolated"])
+@pytest.mark.parametrize("planted", ["json.py", "hashlib.py", "argparse.py", "pathlib.py", "__future__.py"])
+def test_a_planted_module_beside_the_entry_point_never_runs(
+    bundle_copy: Path, tmp_path: Path, planted: str, flags: tuple[str, ...]
+) -> None:
+    marker = tmp_path / "IMPORTED"  # outside the bundle: written only if the planted file runs
+    (bundle_copy / planted).write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = _run_entry(bundle_copy, work, *flags)
+    assert not marker.exists()
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    want = f"refusing to run: {bundle_copy / planted}: not listed in {CHECKSUMS}; the bundle was altered\n"
+    assert proc.stderr == want
+    assert not list(bundle_copy.rglob("__pycache__"))
+
+
+def test_the_entry_point_refuses_an_unlisted_file_outside_code(bundle_copy: Path, tmp_path: Path) -> None:
+    (bundle_copy / "extra").mkdir()
+    (bundle_copy / "extra" / "evil.py").write_text("raise SystemExit('ran')\n")
+    proc = _run_entry(bundle_copy, tmp_path)
+    assert proc.returncode == 2
+    evil = bundle_copy / "extra" / "evil.py"
+    assert proc.stderr == f"refusing to run: {evil}: not listed in {CHECKSUMS}; the bundle was altered\n"

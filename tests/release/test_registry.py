@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -14,12 +15,22 @@ from mlflow.exceptions import MlflowException
 
 from dfdc.config import ExtractConfig, ModelConfig, RegistryConfig
 from dfdc.model.backbone import Checkpoint, build_model, preprocess_of
-from dfdc.release.bundle import PROTOCOL, build_bundle, load_bundle, verify_bundle
+from dfdc.release.bundle import (
+    CHECKSUMS,
+    PROTOCOL,
+    BundleError,
+    build_bundle,
+    bundle_digest,
+    load_bundle,
+    verify_bundle,
+)
 from dfdc.release.registry import (
+    DIGEST_TAG,
     OWN_EVALUATION,
     Rescore,
     connect,
     download_champion_bundle,
+    download_model_bundle,
     end_killed_run,
     flatten,
     promote,
@@ -273,3 +284,51 @@ def test_end_killed_run_ends_only_a_running_run(cfg: RegistryConfig) -> None:
         end_killed_run(cfg, run_id)
     assert client.get_run(died).info.status == "KILLED"
     assert client.get_run(finished).info.status == "FINISHED"
+
+
+def test_registration_tags_the_bundles_digest(cfg: RegistryConfig, bundle: Path) -> None:
+    version = register(cfg, bundle, 0.5)
+    assert version_tags(cfg, version)[DIGEST_TAG] == bundle_digest(verify_bundle(bundle))
+
+
+def _registered_copy(cfg: RegistryConfig) -> Path:
+    """The bundle inside the registry's artifact store (the one model registered in ``cfg``)."""
+    (sums,) = cfg.artifacts.rglob(CHECKSUMS)
+    return sums.parent
+
+
+def test_an_altered_file_in_the_registry_is_refused_on_download(
+    cfg: RegistryConfig, bundle: Path, tmp_path: Path
+) -> None:
+    version = register(cfg, bundle, 0.5)
+    stored = _registered_copy(cfg)
+    (stored / PROTOCOL).write_text((stored / PROTOCOL).read_text().replace("0.8", "0.3"))
+    dest = tmp_path / "copy"
+    uri = f"models:/{cfg.model_name}/{version}"
+    with pytest.raises(BundleError, match=rf"^{uri} \(version {version}\): .*{PROTOCOL}: checksum mismatch"):
+        download_model_bundle(cfg, uri, dest)
+    assert not dest.exists()
+
+
+def test_a_rechecksummed_registry_copy_is_refused_by_its_digest_tag(
+    cfg: RegistryConfig, bundle: Path, tmp_path: Path
+) -> None:
+    version = register(cfg, bundle, 0.5)
+    promote(cfg, version, 0.5)
+    stored = _registered_copy(cfg)
+    (stored / PROTOCOL).write_text((stored / PROTOCOL).read_text().replace("0.8", "0.3"))
+    sums = json.loads((stored / CHECKSUMS).read_text())
+    sums[PROTOCOL] = hashlib.sha256((stored / PROTOCOL).read_bytes()).hexdigest()
+    (stored / CHECKSUMS).write_text(json.dumps(sums))  # the copy verifies on its own
+    verify_bundle(stored)
+    dest = tmp_path / "copy"
+    with pytest.raises(BundleError, match=f"differs from its {DIGEST_TAG} tag .*altered after registration"):
+        download_champion_bundle(cfg, dest)
+    assert not dest.exists()
+
+
+def test_a_version_without_a_digest_tag_is_refused(cfg: RegistryConfig, bundle: Path, tmp_path: Path) -> None:
+    version = register(cfg, bundle, 0.5)
+    connect(cfg).delete_model_version_tag(cfg.model_name, str(version), DIGEST_TAG)
+    with pytest.raises(BundleError, match=f"no {DIGEST_TAG} tag"):
+        download_model_bundle(cfg, f"models:/{cfg.model_name}/{version}", tmp_path / "copy")

@@ -1,0 +1,1 @@
+"""``dfdc serve``: a web page and a JSON API that score one uploaded video with a bundle."""
