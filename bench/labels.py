@@ -1,4 +1,4 @@
-"""Benchmark the per-crop labels: are they right, and does training on them help?
+"""Benchmark the per-crop labels: whether they are right, and whether training on them helps.
 
 Generates a demo variant with what DFDC has and the default demo lacks: voice-only fakes
 (frames copied from the original) and two-person scenes where a face fake swaps one of the
@@ -56,11 +56,12 @@ def crop_truth(index: pd.DataFrame, manifest: pd.DataFrame) -> pd.Series:
 
 
 def main() -> None:
+    """Generate the variant, run the stages, print the label scores and the three trainings."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--originals", type=int, default=24, help="real videos per chunk")
     parser.add_argument("--pair-share", type=float, default=0.5, help="share of scenes with two people")
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: params.yaml)")
-    parser.add_argument("--out", type=Path, default=None, help="scratch project (default: a temporary folder)")
+    parser.add_argument("--out", type=Path, default=None, help="scratch project (default: a temp folder)")
     args = parser.parse_args()
 
     root = args.out or Path(tempfile.mkdtemp(prefix="dfdc-labels-"))
@@ -98,7 +99,10 @@ def main() -> None:
             dfdc(root, stage)
         metrics = json.loads((root / params["evaluate"]["metrics"]).read_text())
         results[name] = metrics["logloss"]
-        by_kind = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test.by_kind.") and k.endswith(".logloss")}
+        by_kind = {
+            k: round(v, 4) for k, v in metrics.items()
+            if k.startswith("test.by_kind.") and k.endswith(".logloss")
+        }  # fmt: skip
         print(f"{name}: test logloss {metrics['logloss']:.4f} auc {metrics['auc']:.4f} "
               f"(prior {metrics['prior_logloss']:.4f}, {metrics['n_videos']} videos) {by_kind}")  # fmt: skip
     print(f"project: {root}")
