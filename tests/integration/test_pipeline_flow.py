@@ -68,12 +68,16 @@ def test_pipeline_end_to_end(learning_workdir: Path) -> None:
     assert submission["filename"].tolist() == sample["filename"].tolist()
     assert submission["label"].between(0, 1).all()
 
-    # the packaged pyfunc model answers the same as the bundle it wraps
+    # the packaged pyfunc model answers the same as the bundle it wraps, for paths under the
+    # root it was loaded with; without a root it opens no path at all
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model("models:/dfdc-detector@champion")
-    paths = [str(Path("data/raw/test_videos") / f) for f in sample["filename"]]
+    root = Path("data/raw/test_videos").resolve()
+    model = mlflow.pyfunc.load_model("models:/dfdc-detector@champion", model_config={"video_root": str(root)})
+    paths = [str(root / f) for f in sample["filename"]]
     served = model.predict(pd.DataFrame({"path": paths}))
     assert served["label"].round(6).tolist() == submission["label"].round(6).tolist()
+    closed = mlflow.pyfunc.load_model("models:/dfdc-detector@champion").predict(pd.DataFrame({"path": paths}))
+    assert (closed["status"] == "refused").all()
 
 
 def test_contract_violation_stops_the_pipeline(workdir: Path) -> None:
