@@ -126,23 +126,26 @@ def _rows(
 
 
 def label_fake(
-    chunk: str, video: str, fake_path: Path, original_path: Path | None, original_crops: np.ndarray | None,
+    chunk: str, video: str, fake_path: Path, original: tuple[VideoRecord, np.ndarray] | None,
     cfg: LabelsConfig, margin: float,
 ) -> pd.DataFrame:  # fmt: skip
-    """One row per crop of a fake: its difference with the original's crop and its label."""
+    """One row per crop of a fake: its difference with the original's crop and its label.
+
+    ``original`` is the original's record and decoded crops, None when it is not stored.
+    """
     record = read_record(fake_path)
     n = len(record.frames)
     diffs = np.full(n, np.nan)
-    if original_path is not None and original_crops is not None and n:
-        original = read_record(original_path)
-        match = match_crops(record, original, cfg.min_iou)
-        crops = read_video_crops(fake_path)
+    if original is not None and n:
+        source, source_crops = original
+        match = match_crops(record, source, cfg.min_iou)
+        crops = read_video_crops(fake_path, record)
         size, shape = crops.shape[1], (record.height, record.width)
         for j in np.flatnonzero(match >= 0):
-            box = original.boxes[match[j]]
+            box = source.boxes[match[j]]
             region = face_box_in_crop(box, margin, size, shape)
             fake = aligned(crops[j], record.boxes[j], box, margin, shape)
-            diffs[j] = crop_difference(fake, original_crops[match[j]], region)
+            diffs[j] = crop_difference(fake, source_crops[match[j]], region)
     compared = ~np.isnan(diffs)
     labels = np.where(compared & (diffs <= cfg.diff_threshold), "REAL", "FAKE").tolist()
     source = np.where(compared, "original", "video").tolist()
@@ -152,9 +155,12 @@ def label_fake(
 def label_family(
     original_path: Path | None, fakes: list[tuple[str, str, Path]], cfg: LabelsConfig, margin: float
 ) -> list[pd.DataFrame]:
-    """Every fake made from one original; the original's crops are decoded once for all of them."""
-    crops = read_video_crops(original_path) if original_path is not None else None
-    return [label_fake(chunk, video, path, original_path, crops, cfg, margin) for chunk, video, path in fakes]
+    """Every fake made from one original; the original's record and crops are read once for all of them."""
+    original = None
+    if original_path is not None:
+        record = read_record(original_path)
+        original = (record, read_video_crops(original_path, record))
+    return [label_fake(chunk, video, path, original, cfg, margin) for chunk, video, path in fakes]
 
 
 def store_locations(faces_dir: Path, chunks: Iterable[str]) -> dict[str, Path]:

@@ -217,9 +217,9 @@ def read_crop(path: Path, offset: int, size: int) -> np.ndarray:
     return decode_crop(data)
 
 
-def read_video_crops(path: Path) -> np.ndarray:
-    """Every crop of one stored video, in record order ``(n, h, w, 3)``."""
-    record = read_record(path)
+def read_video_crops(path: Path, record: VideoRecord | None = None) -> np.ndarray:
+    """Every crop of one stored video, in record order ``(n, h, w, 3)`` (``record``: already read)."""
+    record = record if record is not None else read_record(path)
     crops = [read_crop(path, int(o), int(s)) for o, s in zip(record.offsets, record.sizes, strict=True)]
     return np.stack(crops) if crops else np.zeros((0, 1, 1, 3), np.uint8)
 
