@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -12,7 +14,7 @@ from dfdc.data.labels import label_chunk, store_locations, summarize, write_labe
 
 
 @task(cache_policy=NO_CACHE)
-def label(params: Params, chunk: str, locations: dict) -> pd.DataFrame:
+def label(params: Params, chunk: str, locations: dict[str, Path]) -> pd.DataFrame:
     """Label one chunk's crops and write ``labels.out_dir/<chunk>.parquet``."""
     table = label_chunk(params.data.faces_dir, chunk, locations, params.labels, params.extract.margin)
     write_labels(table, params.labels.out_dir / f"{chunk}.parquet")
