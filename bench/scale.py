@@ -142,13 +142,16 @@ def _score_job(params: Params, faces_dir: Path, splits: pd.DataFrame) -> float:
     import torch
 
     from dfdc.model.backbone import build_model, preprocess_of
+    from dfdc.protocol import Protocol
     from dfdc.scoring.calibrate import frame_scores
+    from dfdc.scoring.scorer import Scorer
 
     torch.set_num_threads(params.train.threads or torch.get_num_threads())
     model = build_model(params.model).eval()
     index = store.read_index(faces_dir, [CHUNK])
     start = time.perf_counter()
-    frames = frame_scores(model, preprocess_of(model), faces_dir, index, splits["filename"])
+    scorer = Scorer(model, Protocol(params.model, params.extract, preprocess_of(model)), params.score)
+    frames = frame_scores(scorer, faces_dir, index, splits["filename"])
     return len(frames) / (time.perf_counter() - start)
 
 

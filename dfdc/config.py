@@ -142,6 +142,20 @@ class TrainConfig(Strict):
     run_file: Path = Path("models/run.json")  # the MLflow run later stages log into
 
 
+class ScoreConfig(Strict):
+    """How the scorer runs on this machine: run settings, never saved with a model (``dfdc.protocol``).
+
+    Read by calibrate, promote, package, ``dfdc predict`` and ``dfdc serve``; the bundle's
+    own ``predict.py`` takes the same as options.
+    """
+
+    device: str = "auto"  # auto: CUDA when present, else the CPU
+    threads: int = Field(1, ge=1)  # torch intra-op threads
+    batch_size: int = Field(64, ge=1)  # crops per classifier batch, gathered across videos
+    workers: int = Field(2, ge=0)  # threads decoding and detecting ahead of the classifier (0: inline)
+    prefetch: int = Field(2, ge=0)  # videos prepared ahead beyond the workers' own (memory: crops only)
+
+
 class AggregateConfig(Strict):
     """How a video's frame logits become one video logit (saved with the calibration).
 
@@ -236,7 +250,6 @@ class ServeConfig(Strict):
     max_upload_bytes: int = Field(200_000_000, ge=1)  # 413 as soon as an upload passes it
     max_duration_s: float = Field(600.0, gt=0)  # longer videos are refused before scoring
     queue: int = Field(4, ge=0)  # uploads waiting behind the one being scored; more get 503
-    threads: int = Field(1, ge=1)  # torch intra-op threads of the scorer
 
 
 class Params(Strict):
@@ -249,6 +262,7 @@ class Params(Strict):
     labels: LabelsConfig = LabelsConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    score: ScoreConfig = ScoreConfig()
     aggregate: AggregateConfig = AggregateConfig()
     calibrate: CalibrateConfig = CalibrateConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

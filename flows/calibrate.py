@@ -14,18 +14,19 @@ from dfdc.faces.store import read_index
 from dfdc.model.backbone import Checkpoint
 from dfdc.release.registry import connect, log_metrics
 from dfdc.scoring.calibrate import Calibration, calibrate_videos, frame_scores
+from dfdc.scoring.scorer import Scorer
 
 
 @task
 def score_held_out(params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Frame logits of the calib and test subsets from their stored crops, and those videos."""
     checkpoint = Checkpoint.load(params.train.checkpoint)
-    model = checkpoint.build()
+    scorer = Scorer(checkpoint.build(), checkpoint.protocol, params.score)  # on params' device
     splits = pd.read_parquet(params.data.splits)
     held_out = splits[splits["subset"].isin(["calib", "test"])].reset_index(drop=True)
     videos = held_out.assign(y=labels_to_int(held_out["label"]))
     index = read_index(params.data.faces_dir, sorted(splits["chunk"].unique()))
-    frames = frame_scores(model, checkpoint.preprocess, params.data.faces_dir, index, videos["filename"])
+    frames = frame_scores(scorer, params.data.faces_dir, index, videos["filename"])
     keys = videos[["filename", "subset", "y"]].rename(columns={"filename": "video"})
     return frames.merge(keys, on="video", how="left"), videos
 

@@ -206,28 +206,41 @@ def predict(
     details: Annotated[
         Path | None, typer.Option(help="JSON to write: per video, per person, per frame scores and times")
     ] = None,
-    threads: Annotated[int, typer.Option(help="torch intra-op threads")] = 1,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: params score)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads (params score)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="crops per classifier batch (params score)")] = None,
+    workers: Annotated[int | None, typer.Option(help="threads decoding ahead (params score)")] = None,
     params: Params = "params.yaml",
 ) -> None:
     """Write `filename,label` (P(FAKE)) for every video; failures get the fallback and a reason.
 
+    The protocol is the bundle's; the options only say where and how fast it runs.
     Nothing to score (no such path, no videos) or a bad bundle: one line, exit status 2.
     """
     import tempfile
 
+    from dfdc.config import Params, load_params
     from dfdc.release.bundle import BundleError
     from dfdc.release.predict import PredictError, predict_files
+
+    settings = load_params(params) if Path(params).is_file() else Params()  # no params file: defaults
+    asked = {"device": device, "threads": threads, "batch_size": batch_size, "workers": workers}
+    try:
+        run = settings.score.model_validate(
+            {**settings.score.model_dump(), **{k: v for k, v in asked.items() if v is not None}}
+        )
+    except ValueError as err:  # pydantic's ValidationError: a run setting out of range
+        typer.echo(f"refusing to run: {' '.join(str(err).split())}", err=True)
+        raise typer.Exit(2) from None
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = Path(model)
         try:
             if model.startswith("models:/"):  # the registry's copy, checked against its digest tag
-                from dfdc.config import load_params
                 from dfdc.release.registry import download_model_bundle
 
-                registry = load_params(params).registry
-                bundle_dir = download_model_bundle(registry, model, Path(tmp) / "bundle")
-            scores = predict_files(bundle_dir, target, out, sample_submission, details, threads=threads)
+                bundle_dir = download_model_bundle(settings.registry, model, Path(tmp) / "bundle")
+            scores = predict_files(bundle_dir, target, out, sample_submission, details, run=run)
         except (BundleError, PredictError) as err:  # the path and the reason, no traceback
             typer.echo(f"refusing to run: {err}", err=True)
             raise typer.Exit(2) from None
@@ -262,9 +275,9 @@ def serve(
                 from dfdc.release.registry import download_model_bundle
 
                 bundle_dir = download_model_bundle(settings.registry, model, Path(tmp) / "bundle")
-            web = create_app(bundle_dir, cfg)
+            web = create_app(bundle_dir, cfg, run=settings.score)
         except BundleError as err:
             typer.echo(f"refusing to run: {err}", err=True)
             raise typer.Exit(2) from None
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(settings.score.threads)
         uvicorn.run(web, host=host or cfg.host, port=port or cfg.port, workers=1)

@@ -24,7 +24,7 @@ def package_flow(params_path: str = "params.yaml") -> pd.DataFrame:
     bundle = load_bundle(out)
     sample = params.data.sample_submission if params.data.sample_submission.is_file() else None
     # the call behind `dfdc predict` and the bundle's predict.py: the same submission, byte for byte
-    scores = predict_files(out, params.data.test_dir, params.package.submission, sample)
+    scores = predict_files(out, params.data.test_dir, params.package.submission, sample, run=params.score)
     failed = scores[scores["status"] != "ok"]
     for row in failed.itertuples():
         print(f"{row.filename}: {row.status} {row.detail} -> fallback {row.label:.3f}".rstrip())

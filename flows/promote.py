@@ -45,7 +45,7 @@ def rescorer(params: Params, test: pd.DataFrame) -> Rescore:
         if missing := [p for p in paths if not p.is_file()]:
             raise FileNotFoundError(f"{len(missing)} test videos missing, e.g. {missing[0]} (dvc pull?)")
         bundle = load_bundle(bundle_dir)
-        scores = score_videos(bundle, paths)
+        scores = score_videos(bundle, paths, run=params.score)
         return video_metrics(labels, scores["label"], bundle.calibration.fallback)["logloss"]
 
     basis = f"rescored on {len(paths)} test videos from the raw videos"

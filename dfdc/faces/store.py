@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from dfdc.config import ExtractConfig
+from dfdc.protocol import extract_protocol
 
 # Bump when the code that turns a video into crops changes what it produces (sampling,
 # detection, tracking, the crop policy, the encoder): every stored video is then redone.
@@ -45,8 +46,6 @@ INDEX_FILE = "index.parquet"
 VIDEOS_FILE = "videos.parquet"
 SUFFIX = ".zip"
 TMP_SUFFIX = ".tmp"  # hidden (``.name.tmp``) until complete, then renamed to ``<stem>.zip``
-# how, not what: settings that change no crop
-RUN_FIELDS = frozenset({"device", "workers", "dask_address", "video_retries", "max_failure_share"})
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip member time: fixed, so equal crops give equal bytes
 _HEAD = 1 << 16  # bytes hashed at each end of a video (the mp4 index lives at one of them)
 _EXT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}
@@ -54,7 +53,7 @@ _EXT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}
 
 def protocol_fingerprint(cfg: ExtractConfig) -> str:
     """Hash of every setting that changes a crop, and of the crop code's version."""
-    payload = {"extract": cfg.model_dump(mode="json", exclude=set(RUN_FIELDS)), "code": CROP_CODE_VERSION}
+    payload = {"extract": extract_protocol(cfg), "code": CROP_CODE_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -7,7 +7,7 @@ The checkpoint carries everything needed to rebuild the model and its input
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +15,7 @@ import torch
 from torch import nn
 
 from dfdc.config import ExtractConfig, ModelConfig
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How a uint8 crop becomes a model input; travels with the weights."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+from dfdc.protocol import Preprocess, Protocol, architecture
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -66,23 +59,38 @@ def to_input(crops: np.ndarray, pre: Preprocess) -> torch.Tensor:
 def predict_logits(
     model: nn.Module, crops: np.ndarray | Sequence[np.ndarray], pre: Preprocess, batch_size: int = 64
 ) -> np.ndarray:
-    """Frame-level logits for a stack of crops, in order.
+    """Frame-level logits for a stack of crops, in order, on the model's device.
 
     ``crops[i:j]`` is read one batch at a time, so a ``StoredCrops`` streams from the store
-    with memory bounded by ``batch_size``.
+    with memory bounded by ``batch_size``. On CUDA the batch goes in ``channels_last`` under
+    bf16 autocast (``on_device`` puts the weights in that layout); on the CPU in float32, as
+    the model was validated.
     """
     model.eval()
     device = next(model.parameters()).device
-    out = [
-        model(to_input(crops[i : i + batch_size], pre).to(device)).float().cpu().view(-1)
-        for i in range(0, len(crops), batch_size)
-    ]
+    cuda = device.type == "cuda"
+    out = []
+    for i in range(0, len(crops), batch_size):
+        x = to_input(crops[i : i + batch_size], pre).to(device, non_blocking=True)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            out.append(model(x).float().view(-1).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def on_device(model: nn.Module, device: str) -> nn.Module:
+    """The model in eval mode on ``device`` (``auto``: CUDA when present), ``channels_last`` on CUDA."""
+    from dfdc.faces.detect import resolve_device
+
+    target = torch.device(resolve_device(device))
+    model = model.to(target).eval()
+    return model.to(memory_format=torch.channels_last) if target.type == "cuda" else model
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Weights plus the protocol that produced their inputs."""
+    """Weights plus the protocol that produced their inputs (``dfdc.protocol``: no run settings)."""
 
     model: ModelConfig
     extract: ExtractConfig
@@ -91,13 +99,16 @@ class Checkpoint:
     epoch: int
     val_logloss: float
 
+    @property
+    def protocol(self) -> Protocol:
+        """The record saved with these weights, as a bundle saves it too."""
+        return Protocol(self.model, self.extract, self.preprocess)
+
     def save(self, path: Path) -> None:
-        """Plain tensors and dicts only, so loading needs no pickled classes."""
+        """The protocol's JSON, plain tensors and numbers: loading needs no pickled classes."""
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
-            "model": self.model.model_dump(mode="json"),
-            "extract": self.extract.model_dump(mode="json"),
-            "preprocess": asdict(self.preprocess),
+            **self.protocol.to_json(),
             "state_dict": self.state_dict,
             "epoch": self.epoch,
             "val_logloss": self.val_logloss,
@@ -108,20 +119,24 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
-        """Read a checkpoint with ``weights_only`` loading (no arbitrary code)."""
+        """Read a checkpoint with ``weights_only`` loading (no arbitrary code).
+
+        The protocol comes back without run settings: a checkpoint written by a run on
+        ``cuda`` says nothing about the device it is used on.
+        """
         raw = torch.load(path, map_location="cpu", weights_only=True)
-        pre = raw["preprocess"]
+        protocol = Protocol.from_json(raw)
         return cls(
-            model=ModelConfig.model_validate(raw["model"]),
-            extract=ExtractConfig.model_validate(raw["extract"]),
-            preprocess=Preprocess(tuple(pre["mean"]), tuple(pre["std"])),
+            model=protocol.model,
+            extract=protocol.extract,
+            preprocess=protocol.preprocess,
             state_dict=raw["state_dict"],
             epoch=int(raw["epoch"]),
             val_logloss=float(raw["val_logloss"]),
         )
 
-    def build(self) -> nn.Module:
-        """The model with these weights, on the CPU, in eval mode."""
-        model = build_model(self.model.model_copy(update={"pretrained": False, "weights_path": None}))
+    def build(self, device: str = "cpu") -> nn.Module:
+        """The model with these weights, in eval mode, on ``device`` (a run setting)."""
+        model = build_model(architecture(self.model))
         model.load_state_dict(self.state_dict)
-        return model.eval()
+        return on_device(model, device)

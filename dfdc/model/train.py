@@ -32,9 +32,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dfdc.config import ExtractConfig, ModelConfig, TrainConfig
-from dfdc.faces.store import RUN_FIELDS, StoredCrops, crops_identity
+from dfdc.faces.store import StoredCrops, crops_identity
 from dfdc.model.backbone import Checkpoint, Preprocess, build_model, predict_logits, preprocess_of
 from dfdc.model.dataset import BalancedSampler, CropDataset, Split, balanced_sampler
+from dfdc.protocol import extract_protocol
 from dfdc.scoring.calibrate import video_logits
 
 # Settings that change where or how fast training runs, not what it computes.
@@ -120,7 +121,7 @@ def fingerprint(
     h = hashlib.sha256()
     settings = {
         "model": model_cfg.model_dump(mode="json"),
-        "extract": extract_cfg.model_dump(mode="json", exclude=set(RUN_FIELDS)),  # what, not how
+        "extract": extract_protocol(extract_cfg),  # what, not how
         "train": cfg.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT),
         "world_size": n_ranks,
     }

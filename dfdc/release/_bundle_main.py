@@ -87,21 +87,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write")
     parser.add_argument("--sample-submission", type=Path, default=None, help="row order to follow")
     parser.add_argument("--details", type=Path, default=None, help="per-video JSON with frame scores")
+    parser.add_argument("--device", default="auto", help="cpu, cuda ... (default auto: CUDA if present)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--batch-size", type=int, default=64, help="crops per classifier batch (default 64)")
+    parser.add_argument("--workers", type=int, default=2, help="threads decoding ahead (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if problem := _check_before_running():
         print(f"refusing to run: {problem}", file=sys.stderr)
         return 2
     _use_vendored_dfdc()
+    from pydantic import ValidationError
+
+    from dfdc.config import ScoreConfig
     from dfdc.release.bundle import BundleError
     from dfdc.release.predict import PredictError, predict_files
 
-    try:
+    try:  # run settings only: the protocol is the bundle's, and no option can change it
+        run = ScoreConfig(device=args.device, threads=args.threads, batch_size=args.batch_size,
+                          workers=args.workers)  # fmt: skip
         scores = predict_files(
             HERE, args.target, args.out, args.sample_submission, args.details,
-            progress=not args.no_progress, threads=args.threads,
+            progress=not args.no_progress, run=run,
         )  # fmt: skip
+    except ValidationError as err:
+        print(f"refusing to run: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     except (BundleError, PredictError) as err:  # nothing to score, or a bad bundle: one line
         print(f"refusing to run: {err}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from torch import nn
 
 from dfdc.config import ExtractConfig, ModelConfig
 from dfdc.faces.video import VIDEO_SUFFIXES
-from dfdc.model.backbone import Checkpoint, Preprocess, build_model
+from dfdc.model.backbone import Checkpoint, build_model
+from dfdc.protocol import Preprocess, Protocol
 from dfdc.scoring.calibrate import Calibration
 
 WEIGHTS = "model.safetensors"
@@ -41,14 +42,32 @@ class BundleError(Exception):
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded bundle: the model ready to score and the protocol that feeds it."""
+    """A loaded bundle: the model (on the CPU; the scorer moves it) and the protocol that feeds it."""
 
     model: nn.Module
-    model_cfg: ModelConfig
-    extract: ExtractConfig
-    preprocess: Preprocess
-    calibration: Calibration
+    protocol: Protocol  # calibrated: crops, normalisation, aggregation, temperature, clip
     metrics: dict[str, float]
+
+    @property
+    def model_cfg(self) -> ModelConfig:
+        """The backbone's architecture."""
+        return self.protocol.model
+
+    @property
+    def extract(self) -> ExtractConfig:
+        """The crop protocol; its run settings (device, workers) are defaults, never the builder's."""
+        return self.protocol.extract
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The backbone's normalisation."""
+        return self.protocol.preprocess
+
+    @property
+    def calibration(self) -> Calibration:
+        """Aggregation, temperature, shift, clip and fallback."""
+        assert self.protocol.calibration is not None  # a bundle is always calibrated
+        return self.protocol.calibration
 
 
 def _sha256(path: Path) -> str:
@@ -67,11 +86,7 @@ def build_bundle(
     _clear(out_dir)
     save_file({k: v.contiguous() for k, v in checkpoint.state_dict.items()}, out_dir / WEIGHTS)
     protocol = {
-        "model": checkpoint.model.model_dump(mode="json"),
-        "extract": checkpoint.extract.model_dump(mode="json"),
-        "preprocess": asdict(checkpoint.preprocess),
-        "aggregation": calibration.aggregation,
-        "calibration": calibration.scalars(),
+        **checkpoint.protocol.with_calibration(calibration).to_json(),  # as the checkpoint saves it
         "metrics": metrics,
         "provenance": extra or {},
         "training": training or {},
@@ -185,20 +200,14 @@ def load_bundle(bundle_dir: Path) -> Bundle:
 
 
 def _rebuild(bundle_dir: Path) -> Bundle:
-    """The model and protocol of a verified bundle."""
-    protocol = json.loads((bundle_dir / PROTOCOL).read_text())
-    model_cfg = ModelConfig.model_validate(protocol["model"])
-    model = build_model(model_cfg.model_copy(update={"pretrained": False, "weights_path": None}))
+    """The model and protocol of a verified bundle (run settings in an older protocol are ignored)."""
+    raw = json.loads((bundle_dir / PROTOCOL).read_text())
+    protocol = Protocol.from_json(raw)
+    if protocol.calibration is None:
+        raise KeyError("calibration")
+    model = build_model(protocol.model)
     model.load_state_dict(load_file(bundle_dir / WEIGHTS))
-    pre = protocol["preprocess"]
-    return Bundle(
-        model=model.eval(),
-        model_cfg=model_cfg,
-        extract=ExtractConfig.model_validate(protocol["extract"]),
-        preprocess=Preprocess(tuple(pre["mean"]), tuple(pre["std"])),
-        calibration=Calibration.from_protocol(protocol),
-        metrics=protocol["metrics"],
-    )
+    return Bundle(model=model.eval(), protocol=protocol, metrics=raw["metrics"])
 
 
 def _model_card(protocol: dict) -> str:

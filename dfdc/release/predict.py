@@ -1,29 +1,21 @@
-"""Scoring videos with a bundle: the same frames, detector and crops as training."""
+"""From a bundle and a folder of videos to a submission: listing, sample order, the CSV.
+
+The scoring itself is ``dfdc.scoring.scorer``'s, with the bundle's protocol.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path, PurePath
-from typing import Any
 
-import cv2
-import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from dfdc.faces.detect import FaceDetector
-from dfdc.faces.extract import VideoFaces, faces_of_video
-from dfdc.faces.store import as_stored
-from dfdc.faces.video import VIDEO_SUFFIXES, VideoError, is_video_name
-from dfdc.model.backbone import predict_logits
+from dfdc.config import ScoreConfig
+from dfdc.faces.video import VIDEO_SUFFIXES, is_video_name
 from dfdc.release.bundle import Bundle, load_bundle
-from dfdc.scoring.aggregate import video_logit
-
-_LOG = logging.getLogger(__name__)
-COLUMNS = ("filename", "label", "status", "detail", "n_faces", "logit")  # plus ``details`` when asked
+from dfdc.scoring.scorer import Scorer, table
 
 
 class PredictError(Exception):
@@ -35,35 +27,31 @@ class PredictError(Exception):
 
 
 def score_videos(
-    bundle: Bundle, paths: Sequence[Path], progress: bool = True, details: bool = False
+    bundle: Bundle,
+    paths: Sequence[Path],
+    progress: bool = True,
+    details: bool = False,
+    run: ScoreConfig | None = None,
 ) -> pd.DataFrame:
     """One row per input: ``filename``, ``label`` (P(FAKE)), ``status``, ``detail``, ``n_faces``.
 
-    A video that cannot be read or shows no face still gets a row, with the
-    calibrated fallback probability and the reason in ``status`` (``decode_error``,
-    ``no_face`` ...). Any other exception on one video gives it an ``error`` row (the
-    exception, on one line, in ``detail``) and the run goes on: one bad file must not
-    cost a submission. ``KeyboardInterrupt`` still stops it. With ``details`` a
-    ``details`` column holds each video's per-person, per-frame scores and time codes.
+    The bundle's protocol through the one scorer (``dfdc.scoring.scorer``), run as ``run``
+    says (device, threads, batch size, workers). A video that cannot be read or shows no
+    face still gets a row, with the calibrated fallback probability and the reason in
+    ``status`` (``decode_error``, ``no_face`` ...); any other exception on one video gives
+    it an ``error`` row and the run goes on. With ``details`` a ``details`` column holds
+    each video's per-person, per-frame scores and time codes.
     """
-    detector = FaceDetector(bundle.extract)
-    rows = []
-    for path in tqdm(paths, desc="scoring", disable=not progress):
-        try:
-            row = _score_video(bundle, detector, Path(path), details)
-        except Exception as err:
-            row = _error_row(bundle, Path(path), err, details)
-        rows.append(row)
-    return _table(rows, details)
-
-
-def _table(rows: list[dict[str, Any]], details: bool) -> pd.DataFrame:
-    """The rows as a frame whose columns exist even when there are no rows."""
-    return pd.DataFrame(rows, columns=[*COLUMNS, *(["details"] if details else [])])
+    return Scorer(bundle.model, bundle.protocol, run).score(paths, progress, details)
 
 
 def score_sample(
-    bundle: Bundle, folder: Path, names: Sequence[str], progress: bool = True, details: bool = False
+    bundle: Bundle,
+    folder: Path,
+    names: Sequence[str],
+    progress: bool = True,
+    details: bool = False,
+    run: ScoreConfig | None = None,
 ) -> pd.DataFrame:
     """One row per name of a sample submission, in its order, under the name as it is written.
 
@@ -71,118 +59,21 @@ def score_sample(
     sample submission comes from elsewhere and must not choose which files are read. Its row
     has status ``refused`` and the fallback probability, like any video that cannot be scored.
     """
+    scorer = Scorer(bundle.model, bundle.protocol, run)
     refusals = [_leaves_folder(name) for name in names]
     inside = [name for name, why in zip(names, refusals, strict=True) if not why]
-    scored = iter(score_videos(bundle, [folder / n for n in inside], progress, details).to_dict("records"))
+    scored = iter(scorer.score([folder / n for n in inside], progress, details).to_dict("records"))
     rows = [
-        _refused_row(bundle, name, why, details) if why else {**next(scored), "filename": name}
+        scorer.refused_row(name, why, details) if why else {**next(scored), "filename": name}
         for name, why in zip(names, refusals, strict=True)
     ]
-    return _table(rows, details)
+    return table(rows, details)
 
 
 def _leaves_folder(name: str) -> str:
     """Why ``folder / name`` could be outside the folder ("" when it cannot), judged on the text."""
     path = PurePath(name)
     return "name leaves the folder" if path.anchor or ".." in path.parts else ""
-
-
-def _refused_row(bundle: Bundle, name: str, why: str, details: bool) -> dict[str, Any]:
-    """The fallback row of a name that was not opened."""
-    row = _row(bundle, name, "refused", why, 0, float("nan"))
-    if details:
-        row["details"] = _video_details(bundle, Path(name), None, np.zeros(0, np.float32))
-    return row
-
-
-def _score_video(bundle: Bundle, detector: FaceDetector, path: Path, details: bool) -> dict[str, Any]:
-    """One video's row; an unreadable or faceless video is a status, not an exception."""
-    status, detail, logit, n_faces = "ok", "", float("nan"), 0
-    faces, frame_logits = None, np.zeros(0, np.float32)
-    try:
-        faces = faces_of_video(path, detector, bundle.extract)
-        n_faces = len(faces.crops)
-        if n_faces:
-            crops = np.stack([as_stored(c, bundle.extract) for c in faces.crops])  # as training read them
-            frame_logits = predict_logits(bundle.model, crops, bundle.preprocess)
-            logit = video_logit(frame_logits, faces.persons, bundle.calibration.aggregation)
-        else:
-            status = "no_face"
-    except VideoError as err:
-        status, detail = err.reason, err.detail
-    row = _row(bundle, path.name, status, detail, n_faces, logit)
-    if details:
-        row["details"] = _video_details(bundle, path, faces, frame_logits)
-    return row
-
-
-def _error_row(bundle: Bundle, path: Path, err: Exception, details: bool) -> dict[str, Any]:
-    """The fallback row of a video whose scoring raised; the reason is logged too."""
-    reason = " ".join(f"{type(err).__name__}: {err}".split())
-    trace = _LOG.isEnabledFor(logging.DEBUG)  # the traceback only when asked for
-    _LOG.warning("%s: scored with the fallback after %s", path.name, reason, exc_info=trace)
-    row = _row(bundle, path.name, "error", reason, 0, float("nan"))
-    if details:
-        row["details"] = _video_details(bundle, path, None, np.zeros(0, np.float32))
-    return row
-
-
-def _row(bundle: Bundle, name: str, status: str, detail: str, n_faces: int, logit: float) -> dict[str, Any]:
-    """A submission row: a NaN logit (no usable face) gets the calibrated fallback."""
-    return {
-        "filename": name,
-        "label": float(bundle.calibration.probability(np.array([logit]))[0]),
-        "status": status,
-        "detail": detail,
-        "n_faces": n_faces,
-        "logit": logit,
-    }
-
-
-def _video_fps(path: Path) -> float:
-    """Frames per second from the container (0 when unknown), for time codes."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        return float(cap.get(cv2.CAP_PROP_FPS) or 0.0) if cap.isOpened() else 0.0
-    finally:
-        cap.release()
-
-
-def _video_details(
-    bundle: Bundle, path: Path, faces: VideoFaces | None, frame_logits: np.ndarray
-) -> dict[str, Any]:
-    """Per person, the calibrated score of each frame with its time code (frame / fps)."""
-    if faces is None or not len(frame_logits):
-        return {"fps": None, "persons": []}
-    fps = _video_fps(path)
-    persons = np.asarray(faces.persons)  # the tracked identity of each crop
-    probs = bundle.calibration.probability(frame_logits.astype(float))
-    out = []
-    for person in np.unique(persons):
-        mask = persons == person
-        frames = [
-            {
-                "frame": int(frame),
-                "time": round(float(frame) / fps, 3) if fps > 0 else None,
-                "logit": float(z),
-                "label": float(p),
-                "box": [round(float(v), 1) for v in box],
-                "detector_prob": float(dp),
-            }
-            for frame, z, p, box, dp in zip(
-                faces.frames[mask], frame_logits[mask], probs[mask], faces.boxes[mask], faces.probs[mask],
-                strict=True,
-            )
-        ]
-        # the bundle's own aggregation over this person's frames alone
-        own = np.array([video_logit(frame_logits[mask], persons[mask], bundle.calibration.aggregation)])
-        out.append({
-            "person": int(person),
-            "label": float(bundle.calibration.probability(own)[0]),
-            "n_frames": len(frames),
-            "frames": frames,
-        })  # fmt: skip
-    return {"fps": fps or None, "persons": out}
 
 
 def write_details(scores: pd.DataFrame, out: Path) -> None:
@@ -208,28 +99,31 @@ def predict_files(
     sample_submission: Path | None = None,
     details: Path | None = None,
     progress: bool = True,
-    threads: int = 1,
+    run: ScoreConfig | None = None,
 ) -> pd.DataFrame:
     """Verify and load a bundle, score a folder (in sample order) or a file, write the CSV.
 
     The one path from a bundle to a submission: ``dfdc predict`` and the bundle's own
     ``predict.py`` both call it, so they cannot answer differently. Nothing to score is a
     ``PredictError`` and a bad bundle a ``BundleError``, both before any video is opened.
-    One torch thread by default: MTCNN's small convolutions gain little from more, and on a
-    busy machine OpenMP threads spinning against other processes made 1080p scoring 4x slower.
+    ``run`` says where and how fast (``ScoreConfig``'s defaults: ``auto`` device, one torch
+    thread, two decoding threads). One torch thread: MTCNN's small convolutions gain little
+    from more, and on a busy machine OpenMP threads spinning against other processes made
+    1080p scoring 4x slower; the decoding threads are what use a second core.
     """
+    run = run or ScoreConfig()
     videos = list_videos(target)  # with a sample too: a folder without videos is a wrong path
     names = None if sample_submission is None else read_sample_names(sample_submission)
     if names is not None and not target.is_dir():
         raise PredictError(f"{target}: not a folder; a sample submission names the videos of a folder")
     bundle = load_bundle(bundle_dir)
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(run.threads)
     try:
         if names is None:
-            scores = score_videos(bundle, videos, progress=progress, details=details is not None)
+            scores = score_videos(bundle, videos, progress, details is not None, run)
         else:
-            scores = score_sample(bundle, target, names, progress=progress, details=details is not None)
+            scores = score_sample(bundle, target, names, progress, details is not None, run)
     finally:
         torch.set_num_threads(previous)
     write_submission(scores, out, sample_submission)

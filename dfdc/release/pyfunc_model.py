@@ -44,11 +44,15 @@ class DfdcDetector(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Verify and load the bundle once, when MLflow loads the model; fix the path root."""
+        from dfdc.config import ScoreConfig
         from dfdc.release.bundle import load_bundle
 
         self.bundle = load_bundle(Path(context.artifacts["bundle"]))
-        root = (context.model_config or {}).get(ROOT_KEY) or ""
+        config = context.model_config or {}
+        root = config.get(ROOT_KEY) or ""
         self.root = Path(root).resolve() if root else None
+        # run settings (device, threads, batch_size, workers) may come with the model config too
+        self.run = ScoreConfig.model_validate({k: config[k] for k in ScoreConfig.model_fields if k in config})
 
     def _path(self, value: str) -> tuple[Path | None, str]:
         """The path to score, or ``None`` and why it is refused (nothing is opened here)."""
@@ -95,7 +99,7 @@ class DfdcDetector(mlflow.pyfunc.PythonModel):
                 rows.append({"filename": shown or f"video_{i}", "label": fallback, "status": "refused",
                              "detail": reason})  # fmt: skip
             if todo:
-                scores = score_videos(self.bundle, list(todo.values()), progress=False)
+                scores = score_videos(self.bundle, list(todo.values()), progress=False, run=self.run)
                 for i, scored in zip(todo, scores.to_dict("records"), strict=True):
                     rows[i].update(label=scored["label"], status=scored["status"], detail=scored["detail"])
         return pd.DataFrame(rows, columns=OUTPUT)

@@ -30,9 +30,7 @@ from dfdc.config import AggregateConfig
 from dfdc.scoring.aggregate import aggregate, as_config
 
 if TYPE_CHECKING:
-    from torch import nn
-
-    from dfdc.model.backbone import Preprocess
+    from dfdc.scoring.scorer import Scorer
 
 FRAME_COLUMNS = ("chunk", "video", "frame", "face", "person")  # of the index, when present
 
@@ -139,18 +137,15 @@ def uncalibrated(cal: Calibration) -> Calibration:
     return Calibration(1.0, 1e-6, 1 - 1e-6, cal.fallback, cal.aggregation)
 
 
-def frame_scores(
-    model: nn.Module, pre: Preprocess, faces_dir: Path, index: pd.DataFrame, videos: pd.Series
-) -> pd.DataFrame:
-    """One row per stored crop of ``videos``: where it came from and the model's logit.
+def frame_scores(scorer: Scorer, faces_dir: Path, index: pd.DataFrame, videos: pd.Series) -> pd.DataFrame:
+    """One row per stored crop of ``videos``: where it came from and the scorer's logit.
 
     Kept at frame level so every aggregation strategy is computed from the same logits.
     """
     from dfdc.faces.store import StoredCrops
-    from dfdc.model.backbone import predict_logits
 
     rows = index[index["video"].isin(videos)].reset_index(drop=True)
-    logits = predict_logits(model, StoredCrops(faces_dir, rows), pre)  # streamed, batch by batch
+    logits = scorer.crop_logits(StoredCrops(faces_dir, rows))  # streamed, batch by batch
     columns = [c for c in FRAME_COLUMNS if c in rows.columns]
     return rows[columns].assign(logit=np.asarray(logits, dtype=float))
 

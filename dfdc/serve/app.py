@@ -3,7 +3,8 @@
 One worker scores one video at a time (the scorer holds the CPU); a few more requests may
 wait their turn, and beyond that the answer is 503 "busy" at once, before any upload is
 read. Uploads live in a private temporary folder (mode 0700) only while they are scored.
-The score is ``score_videos`` on the saved upload: the same P(FAKE) as ``dfdc predict``.
+The score is the one scorer's (``dfdc.scoring.scorer``) on the saved upload: the same
+P(FAKE) as ``dfdc predict``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from dfdc.config import ServeConfig
+from dfdc.config import ScoreConfig, ServeConfig
 from dfdc.faces.video import VIDEO_SUFFIXES
 from dfdc.release.bundle import Bundle, load_bundle
-from dfdc.release.predict import score_videos
+from dfdc.scoring.scorer import Scorer
 from dfdc.serve.result import ModelInfo, Result, build_result, model_info, report_html, templates
 from dfdc.serve.upload import ServeError, probe_video, receive_file
 
@@ -77,10 +78,20 @@ def _error(err: ServeError) -> JSONResponse:
     return JSONResponse({"error": err.reason, "detail": err.detail}, err.status, headers=headers)
 
 
-def create_app(bundle_dir: Path, cfg: ServeConfig | None = None, bundle: Bundle | None = None) -> FastAPI:
-    """The app on a bundle folder (verified and loaded here, unless ``bundle`` is that folder's, loaded)."""
+def create_app(
+    bundle_dir: Path,
+    cfg: ServeConfig | None = None,
+    bundle: Bundle | None = None,
+    run: ScoreConfig | None = None,
+) -> FastAPI:
+    """The app on a bundle folder (verified and loaded here, unless ``bundle`` is that folder's, loaded).
+
+    One scorer serves every upload (``run``: its device and threads), so the detector and
+    the model are built once, not per request.
+    """
     cfg = cfg or ServeConfig()
     bundle = bundle or load_bundle(bundle_dir)
+    scorer = Scorer(bundle.model, bundle.protocol, run)
     info = model_info(bundle_dir, bundle)
 
     @asynccontextmanager
@@ -135,7 +146,7 @@ def create_app(bundle_dir: Path, cfg: ServeConfig | None = None, bundle: Bundle 
                 )  # fmt: skip
                 duration = probe_video(path, cfg.max_duration_s)
                 async with gate.turn():
-                    return await asyncio.to_thread(_score, bundle, path, info, name, duration)
+                    return await asyncio.to_thread(_score, scorer, bundle, path, info, name, duration)
             finally:
                 path.unlink(missing_ok=True)
 
@@ -151,9 +162,9 @@ def create_app(bundle_dir: Path, cfg: ServeConfig | None = None, bundle: Bundle 
     return app
 
 
-def _score(bundle: Bundle, path: Path, info: ModelInfo, name: str, duration: float) -> Result:
-    """``score_videos`` on the saved upload (as ``dfdc predict`` scores it), then the reading."""
-    row = score_videos(bundle, [path], progress=False, details=True).iloc[0].to_dict()
+def _score(scorer: Scorer, bundle: Bundle, path: Path, info: ModelInfo, name: str, duration: float) -> Result:
+    """The scorer on the saved upload (as ``dfdc predict`` scores it), then the reading."""
+    row = scorer.score([path], progress=False, details=True).iloc[0].to_dict()
     row["detail"] = row["detail"].replace(str(path), name)  # never the server's file in an answer
     if row["status"] != "ok":
         _LOG.info("%s: fallback score (%s %s)", name, row["status"], row["detail"])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from dfdc.model.backbone import predict_logits
+from dfdc.protocol import extract_protocol
 from dfdc.release.bundle import (
     CARD,
     CHECKSUMS,
@@ -94,7 +95,7 @@ def test_requirements_pin_the_installed_versions(bundle_dir: Path) -> None:
 def test_protocol_and_card_describe_the_model(bundle_dir: Path, untrained_checkpoint: Checkpoint) -> None:
     protocol = json.loads((bundle_dir / PROTOCOL).read_text())
     assert protocol["model"]["name"] == "resnet10t"
-    assert protocol["extract"] == untrained_checkpoint.extract.model_dump(mode="json")
+    assert protocol["extract"] == extract_protocol(untrained_checkpoint.extract)  # no run settings
     assert protocol["calibration"]["temperature"] == CAL.temperature
     assert protocol["provenance"] == {"git_commit": "abc123"}
     card = (bundle_dir / CARD).read_text()
@@ -106,7 +107,7 @@ def test_protocol_and_card_describe_the_model(bundle_dir: Path, untrained_checkp
 def test_round_trip_gives_the_checkpoints_logits(bundle_dir: Path, untrained_checkpoint: Checkpoint) -> None:
     bundle = load_bundle(bundle_dir)
     assert bundle.model_cfg == untrained_checkpoint.model
-    assert bundle.extract == untrained_checkpoint.extract
+    assert bundle.extract == untrained_checkpoint.protocol.extract  # the crop protocol, run settings dropped
     assert bundle.preprocess.mean == pytest.approx(untrained_checkpoint.preprocess.mean)
     assert bundle.preprocess.std == pytest.approx(untrained_checkpoint.preprocess.std)
     assert bundle.calibration == CAL

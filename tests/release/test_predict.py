@@ -20,9 +20,10 @@ from dfdc.faces.extract import faces_of_video
 from dfdc.faces.store import as_stored, read_record, read_video_crops, video_file
 from dfdc.model.backbone import predict_logits
 from dfdc.release.bundle import CHECKSUMS, PROTOCOL, WEIGHTS, Bundle, build_bundle, load_bundle
-from dfdc.release.predict import COLUMNS, list_videos, score_videos, write_submission
+from dfdc.release.predict import list_videos, score_videos, write_submission
 from dfdc.scoring.aggregate import aggregate
 from dfdc.scoring.calibrate import Calibration, frame_scores
+from dfdc.scoring.scorer import COLUMNS, Scorer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -169,7 +170,7 @@ def test_an_unexpected_exception_on_one_video_gives_it_an_error_row_and_the_rest
     good = inputs["good"]
     victim = good[0].name
     _raise_for(monkeypatch, victim, RuntimeError("codec exploded\n  at frame 3"))
-    with caplog.at_level("WARNING", logger="dfdc.release.predict"):
+    with caplog.at_level("WARNING", logger="dfdc.scoring.scorer"):
         rows = score_videos(bundle, good, progress=False, details=True).set_index("filename")
     row = rows.loc[victim]
     assert row["status"] == "error"
@@ -223,7 +224,7 @@ def test_prediction_crops_equal_extraction_crops(
 
 def stored_logits(bundle: Bundle, extracted: Extracted, videos: pd.Series) -> pd.Series:
     """Video logits from the extracted crops, the way the calibrate stage makes them (NaN: no face)."""
-    frames = frame_scores(bundle.model, bundle.preprocess, extracted.faces_dir, extracted.index, videos)
+    frames = frame_scores(Scorer(bundle.model, bundle.protocol), extracted.faces_dir, extracted.index, videos)
     return aggregate(frames, bundle.calibration.aggregation).reindex(videos.to_numpy())
 
 
