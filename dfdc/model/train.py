@@ -80,15 +80,25 @@ def rank() -> int:
 
 @contextmanager
 def distributed() -> Iterator[Ranks]:
-    """Join the ``torchrun`` process group (nccl on GPUs, gloo on CPUs) for the block's duration."""
+    """Join the ``torchrun`` process group for the block's duration: NCCL on GPUs, gloo on CPUs.
+
+    On GPUs each process first binds its own device (``LOCAL_RANK``), so NCCL's collectives,
+    ``all_gather_object`` included, run there rather than all on ``cuda:0``, and the group is
+    told that device up front (``device_id``), which lets NCCL connect eagerly.
+    """
     if world_size() <= 1:
         yield Ranks()
         return
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     owned = not dist.is_initialized()
     if owned:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group("gloo")
     try:
-        yield Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        yield Ranks(dist.get_rank(), dist.get_world_size(), local_rank)
     finally:
         if owned:
             dist.destroy_process_group()
@@ -327,7 +337,8 @@ def _fit(
         sampler.set_epoch(epoch)
         net.train()
         start = time.perf_counter()
-        totals = torch.zeros(2, dtype=torch.float64)  # loss sum, images
+        # loss sum and images, kept on the device: no host sync per step, a device tensor for NCCL
+        totals = torch.zeros(2, dtype=torch.float64, device=device)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not ranks.main)
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -341,9 +352,11 @@ def _fit(
             scaler.step(optimiser)
             scaler.update()
             schedule.step()
-            totals += torch.tensor([loss.item() * len(y), len(y)], dtype=torch.float64)
+            totals[0] += loss.detach().double() * len(y)
+            totals[1] += len(y)
         if ranks.world_size > 1:
             dist.all_reduce(totals)
+        totals = totals.cpu()  # the epoch's one sync
         elapsed = time.perf_counter() - start
         val_logits = _gather_logits(model, val_split.crops, pre, ranks)
         metrics = {
