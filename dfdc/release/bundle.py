@@ -188,7 +188,7 @@ def _rebuild(bundle_dir: Path) -> Bundle:
     """The model and protocol of a verified bundle."""
     protocol = json.loads((bundle_dir / PROTOCOL).read_text())
     model_cfg = ModelConfig.model_validate(protocol["model"])
-    model = build_model(model_cfg.model_copy(update={"pretrained": False, "weights_path": None}))
+    model = build_model(model_cfg.without_start())
     model.load_state_dict(load_file(bundle_dir / WEIGHTS))
     pre = protocol["preprocess"]
     return Bundle(
