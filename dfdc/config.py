@@ -148,6 +148,9 @@ class TrainConfig(Strict):
     grad_clip: float = Field(1.0, gt=0)
     augment: bool = True  # the winners' augmentation (dfdc.model.augment); off for ablations
     cutout_p: float = Field(0.3, ge=0, le=1)  # share of crops with eyes, nose or mouth blanked
+    # share of real crops (with landmarks) turned into self-blended fakes (SBI, dfdc.model.pseudo_fake);
+    # the sampler keeps the epoch half real, which needs sbi_p <= 0.5; 0 turns them off (ablation)
+    sbi_p: float = Field(0.3, ge=0, le=0.5)
     patience: int | None = Field(None, ge=1)  # epochs without a better val log loss before stopping
     amp: bool = True  # mixed precision, on CUDA only
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
