@@ -50,7 +50,7 @@ def _videos(data: Path, count: int) -> list[Path]:
 def _bundle(params_path: Path, out: Path) -> Path:
     """A bundle with the protocol of ``params.yaml`` and random weights."""
     params = load_params(params_path)
-    model_cfg = params.model.model_copy(update={"pretrained": False, "weights_path": None})
+    model_cfg = params.model.without_start()
     model = build_model(model_cfg)
     checkpoint = Checkpoint(model_cfg, params.extract, preprocess_of(model), model.state_dict(), 0, 0.0)
     calibration = Calibration(1.0, params.calibrate.clip_min, params.calibrate.clip_max, 0.5)

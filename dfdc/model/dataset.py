@@ -16,6 +16,7 @@ from dfdc.data.metadata import labels_to_int
 from dfdc.faces.store import StoredCrops
 from dfdc.model.augment import Augment, crop_landmarks
 from dfdc.model.backbone import Preprocess
+from dfdc.model.pseudo_fake import self_blend
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,10 @@ class Split:
 
 
 class CropDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Crops ``(n, h, w, 3)`` uint8 with labels 0/1; augmentation optional.
+    """Crops ``(n, h, w, 3)`` uint8 with labels 0/1; augmentation and pseudo-fakes optional.
+
+    With ``sbi_p`` a REAL crop whose landmarks are known becomes, with that probability, a
+    self-blended fake labelled FAKE (``dfdc.model.pseudo_fake``), before the augmentation.
 
     Each item is read when asked for (from the store, in a ``DataLoader`` worker), so memory
     is set by the batch size and the workers, not by the dataset. The crop policy is upstream
@@ -50,8 +54,10 @@ class CropDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         augment: bool,
         landmarks: np.ndarray | None = None,
         cutout_p: float = 0.3,
+        sbi_p: float = 0.0,
     ) -> None:
         self.crops = crops
+        self.sbi_p = sbi_p
         self.labels = torch.tensor(labels, dtype=torch.float32)
         self.landmarks = landmarks
         self.transform = Augment(cutout_p) if augment else None
@@ -62,17 +68,25 @@ class CropDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return len(self.crops)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(self.crops[i])).permute(2, 0, 1)
-        if self.transform is not None:
-            points = self.landmarks[i] if self.landmarks is not None else None
-            image = self.transform(x, points)
-        else:
-            image = x.float().div(255)
-        return (image - self.mean) / self.std, self.labels[i]
+        crop, label = np.ascontiguousarray(self.crops[i]), self.labels[i]
+        points = self.landmarks[i] if self.landmarks is not None else None
+        if points is not None and self.sbi_p > 0 and label == 0 and torch.rand(()) < self.sbi_p:
+            blended = self_blend(crop, points)
+            if blended is not None:  # None: a face too small to blend stays real
+                crop, label = blended[0], torch.tensor(1.0)
+        x = torch.from_numpy(crop).permute(2, 0, 1)
+        image = self.transform(x, points) if self.transform is not None else x.float().div(255)
+        return (image - self.mean) / self.std, label
 
 
 class BalancedSampler(Sampler[int]):
     """As many reals as fakes per epoch in expectation (DFDC is ~84% fake), split across ranks.
+
+    Balanced as the model sees them: when a share ``pseudo_fake_p`` of the drawn reals turns
+    into self-blended fakes (``CropDataset``'s ``sbi_p``), stored reals are drawn with
+    probability ``r = 0.5 / (1 - p)`` instead of 0.5, so reals kept are ``r (1 - p) = 0.5`` of
+    the epoch, pseudo-fakes ``r p`` and stored fakes ``1 - r``: at ``p = 0.3`` that is 50% real,
+    21% pseudo-fake, 29% stored fake; at ``p = 0.5`` every draw is a real (SBI's own recipe).
 
     Every rank draws the same balanced epoch (seeded by ``seed`` and the epoch) and keeps
     every ``world_size``-th index from ``rank``: ``DistributedSampler`` semantics, so N
@@ -80,11 +94,19 @@ class BalancedSampler(Sampler[int]):
     draw depends on nothing else, which makes a resumed epoch the one that was lost.
     """
 
-    def __init__(self, labels: np.ndarray, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, labels: np.ndarray, seed: int, rank: int = 0, world_size: int = 1, pseudo_fake_p: float = 0.0
+    ) -> None:
+        if not 0 <= pseudo_fake_p <= 0.5:
+            raise ValueError(f"pseudo_fake_p {pseudo_fake_p} cannot be balanced: it must lie in [0, 0.5]")
         labels = np.asarray(labels, dtype=int)
         counts = np.bincount(labels, minlength=2).astype(float)
-        counts[counts == 0] = 1.0  # one class only: uniform draws, no division by zero
-        self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+        real_share = 0.5 / (1 - pseudo_fake_p)
+        shares = np.array([real_share, 1 - real_share])
+        if (counts == 0).any():
+            shares = np.ones(2)  # one class only: uniform draws, no division by zero
+            counts[counts == 0] = 1.0
+        self.weights = torch.as_tensor(shares[labels] / counts[labels], dtype=torch.double)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.num_samples = math.ceil(len(labels) / world_size)
         self.epoch = 0
@@ -103,9 +125,11 @@ class BalancedSampler(Sampler[int]):
         return iter(draws[self.rank :: self.world_size].tolist())
 
 
-def balanced_sampler(labels: np.ndarray, seed: int, rank: int = 0, world_size: int = 1) -> BalancedSampler:
+def balanced_sampler(
+    labels: np.ndarray, seed: int, rank: int = 0, world_size: int = 1, pseudo_fake_p: float = 0.0
+) -> BalancedSampler:
     """The balanced sampler of one rank (the whole epoch when training in one process)."""
-    return BalancedSampler(labels, seed, rank, world_size)
+    return BalancedSampler(labels, seed, rank, world_size, pseudo_fake_p)
 
 
 def subset_rows(index: pd.DataFrame, splits: pd.DataFrame, subset: str) -> pd.DataFrame:

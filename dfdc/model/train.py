@@ -244,11 +244,17 @@ def _gather_logits(
 
 
 def train_loader(split: Split, pre: Preprocess, cfg: TrainConfig, ranks: Ranks = Ranks()) -> DataLoader:
-    """One rank's share of balanced epochs of augmented crops (cut-out from ``split.landmarks``)."""
-    sampler = balanced_sampler(split.labels, cfg.seed, ranks.rank, ranks.world_size)
+    """One rank's share of balanced epochs of augmented crops (cut-out from ``split.landmarks``).
+
+    Reals with landmarks become self-blended fakes at ``cfg.sbi_p``; the sampler draws more reals
+    so that the epoch stays half real as the model sees it.
+    """
+    sbi_p = cfg.sbi_p if split.landmarks is not None else 0.0  # no landmarks, no blend mask
+    sampler = balanced_sampler(split.labels, cfg.seed, ranks.rank, ranks.world_size, pseudo_fake_p=sbi_p)
     dataset = CropDataset(
-        split.crops, split.labels, pre, augment=cfg.augment, landmarks=split.landmarks, cutout_p=cfg.cutout_p
-    )
+        split.crops, split.labels, pre, augment=cfg.augment, landmarks=split.landmarks, cutout_p=cfg.cutout_p,
+        sbi_p=sbi_p,
+    )  # fmt: skip
     return DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
         drop_last=len(sampler) > cfg.batch_size, pin_memory=torch.cuda.is_available(),
