@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dfdc.demo.generate import DemoSpec
+from dfdc.demo.generate import ALL_KINDS, DemoSpec
 from dfdc.faces.video import VIDEO_SUFFIXES
 
 app = typer.Typer(help="Deepfake video detection pipeline (DFDC style).", no_args_is_help=True)
@@ -50,7 +50,8 @@ def demo_data(
     fps: int = _DEMO.fps,
     seed: int = _DEMO.seed,
     kinds: Annotated[
-        str, typer.Option(help="manipulation kinds, comma-separated (voice: frames copied, audio changed)")
+        str, typer.Option(help=f"manipulation kinds, comma-separated, of {', '.join(ALL_KINDS)} "
+                                    "(voice: frames copied, audio changed)")
     ] = ",".join(_DEMO.kinds),
     pair_share: Annotated[float, typer.Option(help="share of scenes showing two people")] = _DEMO.pair_share,
     force: Annotated[bool, typer.Option(help="rewrite even if OUT already holds data")] = False,

@@ -1,4 +1,4 @@
-"""Synthetic DFDC-layout demo data rendered from the face photos that ship in scikit-image.
+"""Synthetic DFDC-layout demo data rendered from face photos that ship inside installed packages.
 
 The real DFDC is ~470 GB behind a licence, so CI, tutorials and smoke runs need a stand-in
 that exercises the *same* code paths: chunk folders with DFDC's ``metadata.json``, random
@@ -6,6 +6,11 @@ that exercises the *same* code paths: chunk folders with DFDC's ``metadata.json`
 track, and a ``test_videos`` folder with a ``sample_submission.csv``. Every fake is its
 original's exact render with only the face region manipulated, so a detector can only
 learn from the face, as on the real data. Everything is seeded, so a spec is a dataset.
+
+Three identities (scikit-image's astronaut and camera, matplotlib's Grace Hopper), each
+in many scenes, and five face manipulation kinds make leave-one-identity-out and
+leave-one-manipulation-out protocols possible on the default dataset; the manifest names
+each video's people and, for a swap, the identity swapped in (``donor``).
 
 Two variants, off by default so the default dataset stays what it was, bring in what
 DFDC also has: ``"voice"`` fakes (``DemoSpec.kinds``), whose frames are the original's
@@ -28,29 +33,43 @@ import cv2
 import numpy as np
 import pandas as pd
 
-# Face boxes (x0, y0, x1, y1) in the 512x512 source photos. Measured once with
-# facenet-pytorch 2.x ``MTCNN(keep_all=True).detect(img)`` on the RGB photo (camera
-# stacked to 3 channels): one face each, prob 0.99999 (astronaut) and 0.9991 (camera).
-# Hard-coded so this module never needs torch.
+# Face boxes (x0, y0, x1, y1) in the source photos (512x512; hopper 512 wide, 600 high).
+# Measured once with facenet-pytorch 2.x ``MTCNN(keep_all=True).detect(img)`` on the RGB
+# photo (camera stacked to 3 channels): one face each, prob 0.99999 (astronaut), 0.9991
+# (camera) and 0.99982 (hopper). Hard-coded so this module never needs torch.
 _FACE_BOXES: dict[str, tuple[float, float, float, float]] = {
     "astronaut": (181.05, 62.16, 267.75, 172.05),
     "camera": (199.22, 118.93, 254.27, 192.27),
+    "hopper": (174.40, 119.56, 355.65, 340.46),
 }
 IDENTITIES: tuple[str, ...] = tuple(_FACE_BOXES)
-KINDS: tuple[str, ...] = ("swap", "lowres", "colour")  # the default kinds: face manipulations
+# Two-person scenes: every ordered pair of two identities, in an order where each block of
+# len(IDENTITIES) pairs puts every identity once on the left and once on the right.
+PAIRS: tuple[tuple[str, str], ...] = tuple(
+    (a, IDENTITIES[(k + shift) % len(IDENTITIES)])
+    for shift in range(1, len(IDENTITIES))
+    for k, a in enumerate(IDENTITIES)
+)
+# The default kinds, all face manipulations: swap (another identity's face), lowres (a
+# resampled face), colour (a hard-seamed colour mismatch), warp (the same face with its
+# mouth moved: identity kept, subtle), blend (the same face re-rendered and pasted back
+# through an offset, sharp-edged mask: a blending boundary only).
+KINDS: tuple[str, ...] = ("swap", "lowres", "colour", "warp", "blend")
 VOICE = "voice"  # a fake whose frames are the original's and whose audio is another voice
 ALL_KINDS: tuple[str, ...] = (*KINDS, VOICE)
 TEST_DIR = "test_videos"
 # identity: the rendered scene's people, left to right, joined by "+" ("camera+astronaut":
 #   camera on the left); a swap fake keeps its original's identity although it shows a donor.
+# donor: the identity whose face a swap fake shows in place of its target; empty otherwise.
+#   Leave-one-identity-out holds out the videos whose identity or donor names the person.
 # people: how many people the scene shows (1 or 2).
 # face_target: the manipulated face: "none" (reals, voice fakes), "all" (one-person face
 #   fakes), "left"/"right" (two-person face fakes: the face centred in that half of every frame).
 MANIFEST_COLUMNS: tuple[str, ...] = (
-    "chunk", "filename", "label", "original", "kind", "identity", "seed", "people", "face_target"
+    "chunk", "filename", "label", "original", "kind", "identity", "seed", "people", "face_target",
+    "donor",
 )
 
-_SRC = 512  # side of both source photos
 _AUDIO_RATE = 44100
 _ROI_ENLARGE = 1.5  # manipulations never touch pixels outside the face box scaled by this
 # Two-person scenes: each photo is scaled so its face is _PAIR_FACE px tall and placed, face
@@ -110,6 +129,7 @@ class _Video:
     seed: int  # this video's own seed (render for reals, manipulation for fakes)
     render_seed: int  # seed of the real render this video is built on
     face_target: str = "none"  # manipulated face: none, all, left or right
+    donor: str = ""  # the identity a swap shows in place of its target face
 
     @property
     def identity(self) -> str:
@@ -220,11 +240,22 @@ def _face_target(kind: str, people: int, seed: int) -> str:
     return ("left", "right")[_seed(seed, 0x51DE) % 2]
 
 
+def _donor(kind: str, people: tuple[str, ...], seed: int) -> str:
+    """A swap's donor: an identity not in the scene, drawn from the fake's own seed.
+
+    Not the other person of a pair either, so a swap never shows one person twice.
+    """
+    if kind != "swap":
+        return ""
+    others = [i for i in IDENTITIES if i not in people]
+    return others[_seed(seed, 0xD0D0) % len(others)]
+
+
 def _plan(spec: DemoSpec) -> list[_Video]:
     """Decide every video's folder, name, label, original, people and seeds before rendering any.
 
-    One-person reals alternate the identities, two-person reals alternate which one stands
-    left; with ``pair_share == 0`` this is exactly the plan of the one-person-only generator.
+    One-person reals take the identities in turn, two-person reals the ordered pairs of
+    ``PAIRS``; with ``pair_share == 0`` no pair is drawn and the plan is one-person only.
     """
     n_test_fakes = spec.test_videos // 2
     n_test_reals = spec.test_videos - n_test_fakes
@@ -234,13 +265,13 @@ def _plan(spec: DemoSpec) -> list[_Video]:
     plan: list[_Video] = []
     kind_turn = 0
     single_turn = 0  # one-person reals take the identities in turn
-    pair_turn = 0  # two-person reals take turns at who stands left
+    pair_turn = 0  # two-person reals take the pairs in turn
     previous_first_real: _Video | None = None
 
     def real(chunk: str, i: int) -> _Video:
         nonlocal single_turn, pair_turn
         if _is_pair(i, spec.pair_share):
-            people = IDENTITIES if pair_turn % 2 == 0 else IDENTITIES[::-1]
+            people: tuple[str, ...] = PAIRS[pair_turn % len(PAIRS)]
             pair_turn += 1
         else:
             people = (IDENTITIES[single_turn % len(IDENTITIES)],)
@@ -254,7 +285,8 @@ def _plan(spec: DemoSpec) -> list[_Video]:
         kind_turn += 1
         seed = _seed(spec.seed, next(index))
         return _Video(chunk, next(names), "FAKE", original.name, kind, original.people,
-                      seed, original.render_seed, _face_target(kind, len(original.people), seed))
+                      seed, original.render_seed, _face_target(kind, len(original.people), seed),
+                      _donor(kind, original.people, seed))
 
     for k in range(spec.chunks):
         chunk = f"dfdc_train_part_{k}"
@@ -306,7 +338,7 @@ def _manifest(plan: list[_Video]) -> pd.DataFrame:
     """Ground truth for every video, including the test answers DFDC never published."""
     rows = [
         (v.chunk, v.name, v.label, v.original, v.kind, v.identity, v.seed, len(v.people),
-         v.face_target)
+         v.face_target, v.donor or None)  # None, like a real's original: empty in the CSV
         for v in plan
     ]
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
@@ -339,14 +371,48 @@ def _replace_file(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def _load_photo(identity: str) -> np.ndarray:
-    """The identity's photo as RGB uint8 512x512 (imported lazily: no work at import)."""
-    import skimage.data
-
+    """The identity's photo as RGB uint8 (imported lazily: no work at import)."""
     if identity == "astronaut":
+        import skimage.data
+
         return np.ascontiguousarray(skimage.data.astronaut()[..., :3])
     if identity == "camera":
+        import skimage.data
+
         return np.ascontiguousarray(np.repeat(skimage.data.camera()[..., None], 3, axis=2))
+    if identity == "hopper":
+        import matplotlib.cbook
+
+        path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(f"matplotlib's sample photo is unreadable: {path}")
+        return np.ascontiguousarray(bgr[..., ::-1])
     raise ValueError(f"unknown identity {identity!r}; expected one of {IDENTITIES}")
+
+
+def _vary_background(
+    img: np.ndarray, box: tuple[float, float, float, float], rng: np.random.Generator
+) -> np.ndarray:
+    """The backdrop as shot, out of focus, or dimmed and tinted (a third each); the person kept.
+
+    Done once on the source, not per frame, so a scene costs no more to render. The face
+    box sits well inside the kept ellipse (head and shoulders), so its pixels do not move.
+    """
+    style = int(rng.integers(3))
+    blur = float(rng.uniform(0.06, 0.12))  # in face heights
+    gains = rng.uniform(0.5, 0.8) * rng.uniform(0.8, 1.0, size=3)
+    if style == 0:
+        return img
+    x0, y0, x1, y1 = box
+    fw, fh = x1 - x0, y1 - y0
+    keep = _ellipse_mask(img.shape[:2], ((x0 + x1) / 2, (y0 + y1) / 2 + 0.3 * fh),
+                         (1.0 * fw, 1.2 * fh), 0.15 * fh)[..., None]
+    if style == 1:
+        backdrop = cv2.GaussianBlur(img, (0, 0), sigmaX=blur * fh)
+    else:
+        backdrop = img * gains.astype(np.float32)
+    return img * keep + backdrop * (1.0 - keep)
 
 
 def _smoothstep(t: float) -> float:
@@ -390,18 +456,18 @@ class _Scene:
     def _vary_identity(
         photo: np.ndarray, box: tuple[float, float, float, float], rng: np.random.Generator
     ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-        """Flip, hue and gain tweaks so two videos of one identity are not pixel twins."""
+        """Flip, hue, gain and backdrop changes so two videos of one identity are not pixel twins."""
         img = photo
         x0, y0, x1, y1 = box
         if rng.random() < 0.5:
             img = img[:, ::-1]
-            x0, x1 = _SRC - x1, _SRC - x0
+            x0, x1 = img.shape[1] - x1, img.shape[1] - x0
         hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV).astype(np.float32)
         hsv[..., 0] = (hsv[..., 0] + rng.uniform(-6, 6)) % 180
         hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.85, 1.15), 0, 255)
         rgb = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
         rgb *= rng.uniform(0.92, 1.08, size=3).astype(np.float32)
-        return np.clip(rgb, 0, 255), (x0, y0, x1, y1)
+        return _vary_background(np.clip(rgb, 0, 255), (x0, y0, x1, y1), rng), (x0, y0, x1, y1)
 
     def _plan_camera(self, rng: np.random.Generator) -> None:
         """Random start/end framing near the faces' centre, plus a gentle roll wobble."""
@@ -546,21 +612,52 @@ def _transform_box(
 
 
 class _Manipulator:
-    """Turns a real frame into a fake one by editing only the (enlarged) face region."""
+    """Turns a real frame into a fake one by editing only the (enlarged) face region.
+
+    Kinds, each mimicking a family of real manipulations:
+
+    - ``swap``: the donor identity's face, colour-matched, under a soft mask (face swap).
+    - ``lowres``: the face resampled 4-6x smaller and back (a low-resolution generator).
+    - ``colour``: hue and channel gains shifted under a hard mask (a badly matched paste).
+    - ``warp``: the mouth corners pulled out and up and the lower lip down by a smooth
+      displacement field (expression reenactment, lip sync): identity kept, few pixels move.
+    - ``blend``: the same face re-rendered (resampled, sharpened, colour nudged) and pasted
+      back through a sharp-edged ellipse a little off the face: identity kept, the cue is
+      the blending boundary every swap pipeline leaves (as in Face X-ray and self-blended
+      images), which detectors trained on it generalise from.
+    """
 
     def __init__(
-        self, kind: str, seed: int, identity: str, photos: dict[str, np.ndarray]
+        self, kind: str, seed: int, donor: str, photos: dict[str, np.ndarray]
     ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown manipulation kind {kind!r}")
+        if (kind == "swap") != bool(donor):
+            raise ValueError(f"a swap, and only a swap, needs a donor; got {kind!r}, {donor!r}")
         self.kind = kind
         self.rng = np.random.default_rng(seed)
-        donor = next(i for i in IDENTITIES if i != identity)
-        self.donor = photos[donor]
-        self.donor_face = _FACE_BOXES[donor]
+        self.donor = photos[donor] if donor else None
+        self.donor_face = _FACE_BOXES[donor] if donor else None
         self.factor = float(self.rng.uniform(4.0, 6.0))  # lowres
         self.hue = float(self.rng.choice([-1, 1]) * self.rng.uniform(10, 18))  # colour
         gains = self.rng.uniform(0.8, 0.9, size=3)
         gains[self.rng.integers(3)] = self.rng.uniform(1.12, 1.25)
         self.gains = gains.astype(np.float32)
+        # warp, in face sizes: how far the mouth corners and lower lip move, and a slow
+        # rhythm (radians per frame, start) that varies it by up to 15%, as speech would.
+        self.smile = float(self.rng.uniform(0.05, 0.07))
+        self.open = float(self.rng.uniform(0.04, 0.06))
+        self.rhythm = (float(self.rng.uniform(0.2, 0.6)), float(self.rng.uniform(0, 2 * np.pi)))
+        # blend: the re-render (downscale factor, sharpening, per-channel gains) and the
+        # mask's offset (face sizes, a direction) and size.
+        self.rerender = float(self.rng.uniform(1.8, 2.6))
+        self.sharpen = float(self.rng.uniform(0.6, 1.0))
+        self.tint = self.rng.uniform(0.9, 1.1, size=3).astype(np.float32)
+        direction = float(self.rng.uniform(0, 2 * np.pi))
+        shift = float(self.rng.uniform(0.03, 0.06))
+        self.mask_shift = (shift * math.cos(direction), shift * math.sin(direction))
+        self.mask_scale = float(self.rng.uniform(0.92, 1.05))
+        self.frame_index = 0
 
     def apply(self, frame: np.ndarray, pose: _Pose) -> np.ndarray:
         """Edit the frame in place inside the enlarged face box and return it."""
@@ -574,12 +671,16 @@ class _Manipulator:
         j = self.rng.normal(0.0, 1.0, size=4)  # per-frame flicker of the blend mask
         centre = (fcx - rx0 + 0.015 * fw * j[0], fcy - ry0 + 0.015 * fh * j[1])
         axes = (0.5 * fw * (1 + 0.03 * j[2]), 0.55 * fh * (1 + 0.03 * j[3]))
-        hard = self.kind == "colour"
+        if self.kind == "blend":  # the mask misses the face a little: a boundary shows
+            centre = (centre[0] + self.mask_shift[0] * fw, centre[1] + self.mask_shift[1] * fh)
+            axes = (axes[0] * self.mask_scale, axes[1] * self.mask_scale)
+        hard = self.kind in ("colour", "blend")
         sigma = 1.0 if hard else 0.06 * min(fw, fh)
         mask = _ellipse_mask(patch.shape[:2], centre, axes, sigma)
         edited = self._edit(patch, pose, (rx0, ry0), mask)
         out = patch + (edited - patch) * mask[..., None]
         frame[ry0:ry1, rx0:rx1] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        self.frame_index += 1
         return frame
 
     def _edit(
@@ -598,12 +699,58 @@ class _Manipulator:
             hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + round(self.hue)) % 180).astype(np.uint8)
             rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
             return rgb * self.gains
+        if self.kind == "warp":
+            return self._warp(patch, pose, origin)
+        if self.kind == "blend":
+            h, w = patch.shape[:2]
+            small = (max(1, round(w / self.rerender)), max(1, round(h / self.rerender)))
+            down = cv2.resize(patch, small, interpolation=cv2.INTER_AREA)
+            up = cv2.resize(down, (w, h), interpolation=cv2.INTER_CUBIC)
+            soft = cv2.GaussianBlur(up, (0, 0), sigmaX=1.0)
+            return (up + self.sharpen * (up - soft)) * self.tint
         raise ValueError(f"unknown manipulation kind {self.kind!r}")
+
+    def _warp(self, patch: np.ndarray, pose: _Pose, origin: tuple[int, int]) -> np.ndarray:
+        """Move the mouth: corners out and up, lower lip down, by smooth Gaussian bumps.
+
+        Offsets are in the face's own frame (width across, height down from its centre),
+        rolled with the camera; a pixel takes its value from where the field points back.
+        """
+        fw, fh = pose.face_size
+        cx, cy = pose.face_centre[0] - origin[0], pose.face_centre[1] - origin[1]
+        theta = math.radians(pose.angle)
+        c, s = math.cos(theta), math.sin(theta)
+
+        def to_frame(u: float, v: float) -> tuple[float, float]:
+            """A face-frame vector (face widths, face heights) in patch pixels."""
+            return c * u * fw + s * v * fh, -s * u * fw + c * v * fh
+
+        step, start = self.rhythm
+        amount = 0.85 + 0.15 * math.sin(step * self.frame_index + start)
+        # (where, in face sizes from the centre; how it moves, in face sizes)
+        bumps = [
+            ((-0.2, 0.28), (-self.smile, -0.6 * self.smile)),
+            ((0.2, 0.28), (self.smile, -0.6 * self.smile)),
+            ((0.0, 0.36), (0.0, self.open)),
+        ]
+        h, w = patch.shape[:2]
+        yy, xx = np.mgrid[:h, :w].astype(np.float32)
+        map_x, map_y = xx.copy(), yy.copy()
+        radius = 0.14 * fw
+        for (u, v), (du, dv) in bumps:
+            px, py = to_frame(u, v)
+            dx, dy = to_frame(du * amount, dv * amount)
+            weight = np.exp(-(((xx - cx - px) ** 2 + (yy - cy - py) ** 2) / (2 * radius**2)))
+            map_x -= dx * weight
+            map_y -= dy * weight
+        return cv2.remap(patch, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
     def _swap(
         self, patch: np.ndarray, pose: _Pose, origin: tuple[int, int], mask: np.ndarray
     ) -> np.ndarray:
         """Warp the donor's face onto the target box, then match its colour statistics."""
+        if self.donor is None or self.donor_face is None:  # __init__ sets both for a swap
+            raise ValueError("a swap needs a donor")
         dx0, dy0, dx1, dy1 = self.donor_face
         # Donor face height -> target face height, rolled with the camera.
         scale = pose.face_size[1] / (dy1 - dy0)
@@ -708,7 +855,7 @@ def _face_edit(
     if video.face_target == "none":
         return None
     face = 1 if video.face_target == "right" else 0
-    return _Manipulator(video.kind, video.seed, video.people[face], photos), face
+    return _Manipulator(video.kind, video.seed, video.donor, photos), face
 
 
 def _voice(video: _Video) -> _Voice:

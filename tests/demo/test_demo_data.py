@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfdc.demo.generate import KINDS, DemoSpec, generate_demo_data
+from dfdc.data.labels import crop_difference
+from dfdc.demo.generate import IDENTITIES, KINDS, DemoSpec, generate_demo_data
 
 SPEC = DemoSpec(
     chunks=2, originals_per_chunk=2, fakes_per_original=3, test_videos=4,
@@ -98,6 +99,7 @@ def test_submission_and_answer_key(root: Path, manifest: pd.DataFrame) -> None:
 def test_manifest_matches_metadata(root: Path, manifest: pd.DataFrame) -> None:
     assert list(manifest.columns) == [
         "chunk", "filename", "label", "original", "kind", "identity", "seed", "people", "face_target",
+        "donor",
     ]
     for chunk, recs in _metadata(root).items():
         rows = manifest[manifest["chunk"] == chunk].set_index("filename")
@@ -106,7 +108,11 @@ def test_manifest_matches_metadata(root: Path, manifest: pd.DataFrame) -> None:
             assert rows.loc[name, "label"] == rec["label"]
     assert set(manifest.loc[manifest["label"] == "FAKE", "kind"]) >= set(KINDS)
     assert (manifest.loc[manifest["label"] == "REAL", "kind"] == "real").all()
-    assert set(manifest["identity"]) == {"astronaut", "camera"}
+    assert set(manifest["identity"]) == set(IDENTITIES) == {"astronaut", "camera", "hopper"}
+    swap = manifest["kind"] == "swap"
+    assert manifest.loc[swap, "donor"].isin(IDENTITIES).all()
+    assert (manifest.loc[swap, "donor"] != manifest.loc[swap, "identity"]).all()
+    assert manifest.loc[~swap, "donor"].isna().all()  # written empty
 
 
 def test_every_video_is_h264_with_aac(root: Path) -> None:
@@ -158,6 +164,13 @@ def test_fakes_differ_only_near_the_face(
         diff = np.abs(original - fake).mean(axis=-1)
         out_mean, in_mean = diff[:, outside].mean(), diff[:, inside].mean()
         assert out_mean < 3.0, (row.kind, out_mean)
+        # Every frame's face differs by more than the labels stage's threshold (10 grey levels).
+        box = (max(int(x0), 0), max(int(y0), 0), int(x1), int(y1))
+        changed = [crop_difference(f, o, box) for f, o in zip(fake, original, strict=True)]
+        assert min(changed) > 10.0, (row.kind, changed)
+        if row.kind == "warp":  # only the mouth moves: the face's centre barely changes
+            assert in_mean < 8.0, (row.kind, in_mean)
+            continue
         assert in_mean > 8.0, (row.kind, in_mean)
         assert in_mean > 4 * out_mean, (row.kind, in_mean, out_mean)
 
@@ -185,7 +198,7 @@ def test_other_seed_other_names(manifest: pd.DataFrame, tmp_path: Path) -> None:
         {"chunks": 0}, {"originals_per_chunk": 0}, {"fakes_per_original": -1},
         {"test_videos": -1}, {"width": 63}, {"height": 10}, {"fps": 0},
         {"duration": 0.0}, {"duration": float("nan")}, {"seed": -1},
-        {"kinds": ("swap", "warp")}, {"kinds": ()}, {"pair_share": -0.1}, {"pair_share": 1.5},
+        {"kinds": ("swap", "morph")}, {"kinds": ()}, {"pair_share": -0.1}, {"pair_share": 1.5},
         {"pair_share": float("nan")}, {"pair_share": 0.5, "width": 64, "height": 128},
     ],
 )
