@@ -38,6 +38,9 @@ DEMO_SPEC = DemoSpec(
     height=120,
     duration=1.0,
     fps=10,
+    # Manipulations far above the labels threshold even in 160x120 clips: these clips test the
+    # machinery; the subtle kinds (warp, blend) are tested where they are made (tests/demo).
+    kinds=("swap", "lowres", "colour"),
 )
 # Small crops and few frames keep extraction and the models fast; every test that
 # extracts or predicts uses this one record so their crops can be compared.

@@ -18,7 +18,14 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,7 +36,7 @@ import pandas as pd
 
 from dfdc.config import ExtractConfig
 from dfdc.faces import store
-from dfdc.faces.detect import Face, FaceDetector, crop_face
+from dfdc.faces.detect import BatchingDetector, Face, FaceDetector, crop_face, resolve_device
 from dfdc.faces.tracks import build_tracks
 from dfdc.faces.video import VideoError, sample_frames
 
@@ -43,7 +50,7 @@ class VideoFaces(store.FaceTracks):
 
 def faces_of_video(
     path: Path,
-    detector: FaceDetector,
+    detector: FaceDetector | BatchingDetector,
     cfg: ExtractConfig,
     reuse: store.FaceTracks | None = None,
 ) -> VideoFaces:
@@ -89,7 +96,10 @@ _Hit = tuple[int, int, int, Face, bool]  # frame, rank in frame, person, face, d
 
 
 def _tracked_hits(
-    indices: tuple[int, ...], images: tuple[np.ndarray, ...], detector: FaceDetector, cfg: ExtractConfig
+    indices: tuple[int, ...],
+    images: tuple[np.ndarray, ...],
+    detector: FaceDetector | BatchingDetector,
+    cfg: ExtractConfig,
 ) -> list[_Hit]:
     last = len(indices) - 1
     sparse = [p for p in range(len(indices)) if p % cfg.detect_every == 0 or p == last]
@@ -143,12 +153,16 @@ class _Job:
     threads: int  # torch threads in the worker (0: leave as is)
 
 
-_DETECTORS: dict[tuple[str, str], FaceDetector] = {}
+_DETECTORS: dict[tuple[str, str], FaceDetector | BatchingDetector] = {}
 
 
-def _detector(cfg: ExtractConfig, threads: int) -> FaceDetector:
-    """One detector per process and protocol, built on first use."""
-    key = (store.protocol_fingerprint(cfg), cfg.device)
+def _detector_key(cfg: ExtractConfig) -> tuple[str, str]:
+    return store.protocol_fingerprint(cfg), cfg.device
+
+
+def _detector(cfg: ExtractConfig, threads: int) -> FaceDetector | BatchingDetector:
+    """One detector per process and protocol, built on first use (or the GPU's shared one)."""
+    key = _detector_key(cfg)
     if key not in _DETECTORS:
         if threads:
             import torch
@@ -156,6 +170,13 @@ def _detector(cfg: ExtractConfig, threads: int) -> FaceDetector:
             torch.set_num_threads(threads)  # N processes x 1 thread beat threads fighting
         _DETECTORS[key] = FaceDetector(cfg)
     return _DETECTORS[key]
+
+
+def _share_detector(cfg: ExtractConfig) -> BatchingDetector:
+    """The GPU's one detector for this chunk's threads: their frames are detected in batches."""
+    shared = BatchingDetector(FaceDetector(cfg))
+    _DETECTORS[_detector_key(cfg)] = shared
+    return shared
 
 
 def _run_job(job: _Job) -> dict[str, object]:
@@ -229,7 +250,9 @@ def extract_chunk(
     fp = {n: store.video_fingerprint(protocol, source[n]) for n in names}
     todo = {n for n in names if store.fresh_record(target[n], fp[n]) is None}
     remote = executor is not None
-    threads = 1 if remote or (cfg.workers > 1 and len(todo) > 1) else 0
+    # On a GPU: one process (one CUDA context), threads decoding, one batching detector.
+    gpu = not remote and resolve_device(cfg.device).startswith("cuda") and len(todo) > 1
+    threads = 1 if remote or (not gpu and cfg.workers > 1 and len(todo) > 1) else 0
     jobs = [
         _Job(n, chunk_dir / n, target[n], cfg, fp[n], target.get(o := original_of.get(n, "")),
              fp.get(o, ""), o, threads)
@@ -237,8 +260,12 @@ def extract_chunk(
         if n in todo
     ]  # fmt: skip
     pool: Executor
+    shared: BatchingDetector | None = None
     if executor is not None:
         pool = executor
+    elif gpu:
+        shared = _share_detector(cfg)
+        pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="dfdc-extract")
     elif threads:
         pool = ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=get_context("spawn"))
     else:
@@ -249,6 +276,9 @@ def extract_chunk(
     finally:
         if pool is not executor:
             pool.shutdown()
+        if shared is not None:
+            _DETECTORS.pop(_detector_key(cfg), None)
+            shared.close()
     keep = {p.name for p in target.values()}
     for stale in store.stored_files(out_dir):
         if stale.name not in keep:

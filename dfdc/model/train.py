@@ -61,6 +61,7 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    joined: bool = False  # in a process group: DDP and collectives, even alone (torchrun, 1 process)
 
     @property
     def main(self) -> bool:
@@ -71,6 +72,11 @@ class Ranks:
 def world_size() -> int:
     """Processes in this job, from ``torchrun``'s environment."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def under_torchrun() -> bool:
+    """Started by ``torchrun`` (which names the elastic run), with any number of processes."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or world_size() > 1
 
 
 def rank() -> int:
@@ -84,9 +90,10 @@ def distributed() -> Iterator[Ranks]:
 
     On GPUs each process first binds its own device (``LOCAL_RANK``), so NCCL's collectives,
     ``all_gather_object`` included, run there rather than all on ``cuda:0``, and the group is
-    told that device up front (``device_id``), which lets NCCL connect eagerly.
+    told that device up front (``device_id``), which lets NCCL connect eagerly. One process
+    under ``torchrun`` joins a group of one, so the DDP path runs as it will on N GPUs.
     """
-    if world_size() <= 1:
+    if not under_torchrun():
         yield Ranks()
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -98,7 +105,7 @@ def distributed() -> Iterator[Ranks]:
         else:
             dist.init_process_group("gloo")
     try:
-        yield Ranks(dist.get_rank(), dist.get_world_size(), local_rank)
+        yield Ranks(dist.get_rank(), dist.get_world_size(), local_rank, joined=True)
     finally:
         if owned:
             dist.destroy_process_group()
@@ -300,7 +307,7 @@ def _fit(
     loader = train_loader(train_split, pre, cfg, ranks)
     sampler: BalancedSampler = loader.sampler  # type: ignore[assignment]
     net: nn.Module = model
-    if ranks.world_size > 1:
+    if ranks.joined:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[ranks.local_rank] if cuda else None)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # A tiny run (a handful of steps) still needs a warm-up of at least one whole step:
@@ -360,7 +367,7 @@ def _fit(
             schedule.step()
             totals[0] += loss.detach().double() * len(y)
             totals[1] += len(y)
-        if ranks.world_size > 1:
+        if ranks.joined:
             dist.all_reduce(totals)
         totals = totals.cpu()  # the epoch's one sync
         elapsed = time.perf_counter() - start
@@ -402,7 +409,7 @@ def _fit(
         if cfg.patience is not None and stale >= cfg.patience:
             result.stopped_early = True
             break
-    if ranks.world_size > 1:
+    if ranks.joined:
         dist.barrier()
     if ranks.main:
         last_state_path(cfg.checkpoint).unlink(missing_ok=True)  # finished: nothing to resume

@@ -106,12 +106,17 @@ class Scorer:
         return table(rows, details)
 
     def _detector_once(self) -> Any:
-        """MTCNN with the protocol's settings on this run's device, shared by the worker threads."""
+        """MTCNN with the protocol's settings on this run's device, shared by the worker threads.
+
+        On a GPU with several workers their frames are detected together (``BatchingDetector``).
+        """
         if self._detector is None:
-            from dfdc.faces.detect import FaceDetector
+            from dfdc.faces.detect import BatchingDetector, FaceDetector
 
             run_on = self.protocol.extract.model_copy(update={"device": self.run.device})
-            self._detector = FaceDetector(run_on)
+            detector = FaceDetector(run_on)
+            gpu = detector.device.startswith("cuda") and self.run.workers > 1
+            self._detector = BatchingDetector(detector) if gpu else detector
         return self._detector
 
     def _prepare(self, path: Path) -> _Prepared:
@@ -149,6 +154,9 @@ class Scorer:
                 yield window.popleft().result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            if hasattr(self._detector, "close"):  # a batching detector's thread
+                self._detector.close()
+                self._detector = None
 
     def _groups(self, prepared: Iterator[_Prepared]) -> Iterator[list[_Prepared]]:
         """Consecutive videos whose crops fill a classifier batch (a video is never split)."""

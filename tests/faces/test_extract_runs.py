@@ -77,6 +77,41 @@ def test_worker_processes_give_byte_identical_output(
         assert got[name] == want[name], f"{name} differs between workers=2 and workers=1"
 
 
+def test_gpu_scheduling_gives_byte_identical_output(
+    demo: Demo, chunk_meta: pd.DataFrame, extract_cfg: ExtractConfig, extracted: Extracted,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """On a GPU a chunk runs in threads of one process around one batching detector.
+
+    That scheduling is chosen when the device resolves to CUDA; here it is chosen while the
+    detector itself stays on the CPU, so the test runs anywhere and checks what the GPU
+    path does with the videos (shared detector, batches across videos, originals first).
+    """
+    import dfdc.faces.extract as extract
+
+    built: list[object] = []
+    real_share = extract._share_detector
+
+    def share(cfg: ExtractConfig) -> object:
+        built.append(shared := real_share(cfg))
+        return shared
+
+    monkeypatch.setattr(extract, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(extract, "_share_detector", share)
+    cfg = extract_cfg.model_copy(update={"workers": 3})
+    out_dir = tmp_path / demo.chunk_dir.name
+    statuses = extract_chunk(demo.chunk_dir, chunk_meta, out_dir, cfg)
+    assert len(built) == 1 and max(built[0].batches) > 1  # type: ignore[attr-defined]
+    assert not extract._DETECTORS or all(d is not built[0] for d in extract._DETECTORS.values())
+    pd.testing.assert_frame_equal(
+        statuses.drop(columns="seconds"), extracted.statuses.drop(columns="seconds")
+    )
+    got, want = _files(out_dir), _files(extracted.out_dir)
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name] == want[name], f"{name} differs between the GPU scheduling and one process"
+
+
 # ----------------------------------------------------------------- what redoes a video
 
 

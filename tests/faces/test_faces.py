@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -10,7 +12,14 @@ import pytest
 import skimage.data
 
 from dfdc.config import ExtractConfig
-from dfdc.faces.detect import Face, FaceDetector, crop_face, detector_scale, resolve_device
+from dfdc.faces.detect import (
+    BatchingDetector,
+    Face,
+    FaceDetector,
+    crop_face,
+    detector_scale,
+    resolve_device,
+)
 
 # ----------------------------------------------------------------- detector_scale
 
@@ -235,3 +244,50 @@ def test_detect_many_equals_detect_frame_by_frame(
     for image, faces in zip(frames, many, strict=True):
         assert faces == default_detector.detect(image)
     assert default_detector.detect_many([]) == []
+
+
+def test_batching_detector_answers_each_thread_as_the_detector_would(
+    default_detector: FaceDetector, astronaut: np.ndarray
+) -> None:
+    """Threads' frames are detected together (grouped by size), each thread gets its own answer."""
+    small = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    blank = np.full_like(astronaut, 128)
+    requests = [
+        [astronaut, blank],
+        [small, small[:, ::-1].copy()],
+        [np.ascontiguousarray(astronaut[:, ::-1])],
+        [np.full_like(small, 90)],
+    ]
+    want = [default_detector.detect_many(images) for images in requests]
+    batcher = BatchingDetector(default_detector, max_frames=64, wait_s=0.5)
+    start = threading.Barrier(len(requests))
+
+    def ask(images: list[np.ndarray]) -> list[list[Face]]:
+        start.wait()
+        return batcher.detect_many(images)
+
+    try:
+        with ThreadPoolExecutor(len(requests)) as pool:
+            got = list(pool.map(ask, requests))
+    finally:
+        batcher.close()
+    assert got == want
+    assert [len(f) for f in got[0]] == [1, 0]  # a real comparison: faces where there are faces
+    assert len(batcher.batches) < len(requests)  # requests of several threads shared a batch
+    assert sum(batcher.batches) == sum(len(r) for r in requests)
+    assert batcher.detect_many([]) == []
+
+
+def test_batching_detector_hands_a_detector_error_to_its_callers(astronaut: np.ndarray) -> None:
+    class Broken:
+        device = "cpu"
+
+        def detect_many(self, images: list[np.ndarray]) -> list[list[Face]]:
+            raise RuntimeError("CUDA out of memory")
+
+    batcher = BatchingDetector(Broken(), wait_s=0.0)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            batcher.detect_many([astronaut])
+    finally:
+        batcher.close()
