@@ -4,10 +4,17 @@ Generates ``--videos`` test videos with ``dfdc.demo.generate`` at 1920x1080, 10 
 scores them with ``dfdc.release.predict.predict_files``, the call behind ``dfdc predict`` and the
 bundle's ``predict.py``: the protocol (frames per video, detector, crops, model) of
 ``params.yaml`` in a freshly built bundle (random weights cost the same as trained
-ones), or of ``--model BUNDLE``. Prints seconds per video (wall clock of the whole call:
-bundle verification, model and detector construction included), the decoding share,
-torch's thread count and the machine's load average, because on a shared machine the
-figure means little without it.
+ones), or of ``--model BUNDLE``. Two runs of the same call, one after the other:
+
+- ``one at a time``: ``score.workers: 0``, each video decoded, detected and classified in
+  turn, its crops in their own batch: the scheduling prediction had before the scorer;
+- ``scorer``: params.yaml's ``score`` settings (threads decoding ahead, crops of several
+  videos batched).
+
+Prints seconds per video for each (wall clock of the whole call: bundle verification, model
+and detector construction included), the largest difference between the two submissions,
+the decoding share, torch's thread count and the machine's load average, because on a shared
+machine the figure means little without it.
 
     python bench/predict.py                  # 4 videos, generated into a temporary folder
     python bench/predict.py --data DIR       # keep (or reuse) the generated videos in DIR
@@ -77,22 +84,32 @@ def main() -> None:
             f"factor {ext.factor}, crops {ext.crop_size} px, backbone {bundle.model_cfg.name}; "
             f"torch threads {args.threads}"
         )
+        score = load_params(args.params).score.model_copy(update={"threads": args.threads})
+        runs = {"one at a time": score.model_copy(update={"workers": 0}), "scorer": score}
         load_before = os.getloadavg()
-        started = time.perf_counter()
-        out = Path(tmp) / "submission.csv"
-        scores = predict_files(bundle_dir, videos[0].parent, out, progress=False, threads=args.threads)
-        total = time.perf_counter() - started
+        seconds, tables = {}, {}
+        for name, run in runs.items():
+            started = time.perf_counter()
+            out = Path(tmp) / "submission.csv"
+            tables[name] = predict_files(bundle_dir, videos[0].parent, out, progress=False, run=run)
+            seconds[name] = time.perf_counter() - started
         load_after = os.getloadavg()
         started = time.perf_counter()
         for path in list_videos(videos[0].parent):
             sample_frames(path, ext.frames_per_video)
         decode = time.perf_counter() - started
 
+    scores = tables["scorer"]
     n = len(scores)  # every video of the folder
     statuses = scores["status"].value_counts().to_dict()
     print(f"statuses: {statuses}, faces per video {scores['n_faces'].mean():.1f}")
-    print(f"prediction: {total / n:.2f} s per 1080p 10-s video ({n} videos, {total:.1f} s)")
-    print(f"  of which decoding {ext.frames_per_video} frames: {decode / n:.2f} s per video")
+    for name, run in runs.items():
+        total = seconds[name]
+        print(f"prediction, {name} (workers {run.workers}, batch {run.batch_size}): "
+              f"{total / n:.2f} s per 1080p 10-s video ({n} videos, {total:.1f} s)")  # fmt: skip
+    diff = (tables["scorer"]["label"] - tables["one at a time"]["label"]).abs().max()
+    print(f"largest difference between the two submissions: {diff:.1e}")
+    print(f"decoding {ext.frames_per_video} frames alone: {decode / n:.2f} s per video")
     before, after = (" ".join(f"{x:.1f}" for x in load) for load in (load_before, load_after))
     print(f"load average (1, 5, 15 min) before {before}, after {after} on {os.cpu_count()} cores")
 
