@@ -7,7 +7,7 @@ stage reads its knobs from here, so DVC's params tracking sees them all.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -131,9 +131,15 @@ class ModelConfig(Strict):
             raise ValueError("model.weights_package excludes model.pretrained and model.weights_path")
         return self
 
+    START_FIELDS: ClassVar[frozenset[str]] = frozenset({"pretrained", "weights_path", "weights_package"})
+
     def without_start(self) -> ModelConfig:
         """The same model with no starting weights: for rebuilding from saved weights, offline."""
         return self.model_copy(update={"pretrained": False, "weights_path": None, "weights_package": None})
+
+    def architecture(self) -> dict[str, Any]:
+        """The model as saved with its weights: no starting weights (saved weights replace them)."""
+        return self.model_dump(mode="json", exclude=set(self.START_FIELDS))
 
 
 class TrainConfig(Strict):

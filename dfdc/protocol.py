@@ -65,7 +65,7 @@ class Protocol:
     def to_json(self) -> dict[str, Any]:
         """``model``, ``extract``, ``preprocess`` (+ ``aggregation`` and ``calibration`` once calibrated)."""
         out: dict[str, Any] = {
-            "model": self.model.model_dump(mode="json"),
+            "model": self.model.architecture(),
             "extract": extract_protocol(self.extract),
             "preprocess": asdict(self.preprocess),
         }
