@@ -17,6 +17,7 @@ from dfdc.demo.generate import DemoSpec, generate_demo_data
 TINY = DemoSpec(
     chunks=2, originals_per_chunk=4, fakes_per_original=3, test_videos=4,
     width=160, height=120, duration=1.0, fps=10, seed=1,
+    kinds=("swap", "lowres", "colour"),  # plain at 160x120; the subtle kinds are the demo's
 )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dfdc.config import RegistryConfig
+from dfdc.config import RegistryConfig, ScoreConfig
 from dfdc.release.bundle import build_bundle, load_bundle
 from dfdc.release.predict import list_videos, score_videos
 from dfdc.release.registry import promote, register_bundle, tracking_uri, training_run
@@ -255,10 +255,11 @@ def test_promote_scores_candidate_and_champion_alike(
     scored: list[tuple[float, list[Path]]] = []  # (the bundle's own evaluation figure, the videos)
 
     def recording(
-        bundle: Bundle, paths: list[Path], progress: bool = True, details: bool = False
-    ) -> pd.DataFrame:
+        bundle: Bundle, paths: list[Path], progress: bool = True, details: bool = False,
+        run: ScoreConfig | None = None,
+    ) -> pd.DataFrame:  # fmt: skip
         scored.append((bundle.metrics["logloss"], list(paths)))
-        return score_videos(bundle, paths, progress=False, details=details)
+        return score_videos(bundle, paths, progress=False, details=details, run=run)
 
     monkeypatch.setattr(flows.promote, "score_videos", recording)
     monkeypatch.chdir(tmp_path)
