@@ -167,6 +167,54 @@ class TrainConfig(Strict):
     run_file: Path = Path("models/run.json")  # the MLflow run later stages log into
 
 
+class AudioConfig(Strict):
+    """The voice branch's protocol (``dfdc.audio``): decoding, silence trimming, log-mel windows, the model.
+
+    Every knob that changes a window's features or the model's shape is here, so the record can
+    travel with the voice model's weights as ``ExtractConfig`` travels with the face model's.
+    """
+
+    sample_rate: int = Field(16_000, ge=8_000)  # every track is resampled (and downmixed) to this
+    max_seconds: float = Field(60.0, gt=0)  # decoding stops here: memory stays bounded on long uploads
+    # Silence trimming: a sample is sound when its short-time RMS is above both the clip's loudest
+    # RMS plus ``silence_rel_db`` and the absolute floor ``silence_floor_dbfs`` (full scale = 0 dB).
+    silence_rel_db: float = Field(-40.0, lt=0)
+    silence_floor_dbfs: float = Field(-60.0, lt=0)
+    silence_frame_s: float = Field(0.02, gt=0)  # the RMS window
+    n_fft: int = Field(512, ge=64)  # 32 ms at 16 kHz
+    hop_length: int = Field(160, ge=1)  # 10 ms at 16 kHz
+    n_mels: int = Field(64, ge=8)
+    fmin: float = Field(20.0, ge=0)
+    fmax: float | None = Field(None, gt=0)  # None: half the sample rate
+    window_s: float = Field(1.0, gt=0)  # the model scores windows of this length ...
+    window_hop_s: float = Field(0.5, gt=0)  # ... this far apart; the clip's logit is their mean
+    width: int = Field(16, ge=4)  # channels of the voice model's first block (LCNN-style, MFM)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AudioConfig:
+        nyquist = self.sample_rate / 2
+        if self.fmax is not None and self.fmax > nyquist:
+            raise ValueError(f"audio.fmax {self.fmax} is above half the sample rate ({nyquist})")
+        if self.fmin >= (self.fmax or nyquist):
+            raise ValueError("audio.fmin must be below audio.fmax")
+        if self.hop_length > self.n_fft:
+            raise ValueError("audio.hop_length must not exceed audio.n_fft")
+        if self.window_frames < 8:
+            raise ValueError("audio.window_s holds fewer than 8 spectrogram frames")
+        return self
+
+    @property
+    def window_frames(self) -> int:
+        """Spectrogram frames in one scored window."""
+        return round(self.window_s * self.sample_rate / self.hop_length)
+
+    @property
+    def window_hop_frames(self) -> int:
+        """Spectrogram frames between the starts of two windows (at least one)."""
+        return max(1, round(self.window_hop_s * self.sample_rate / self.hop_length))
+
+
 class ScoreConfig(Strict):
     """How the scorer runs on this machine: run settings, never saved with a model (``dfdc.protocol``).
 
@@ -285,6 +333,7 @@ class Params(Strict):
     split: SplitConfig = SplitConfig()
     extract: ExtractConfig = ExtractConfig()
     labels: LabelsConfig = LabelsConfig()
+    audio: AudioConfig = AudioConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()

@@ -12,10 +12,13 @@ in many scenes, and five face manipulation kinds make leave-one-identity-out and
 leave-one-manipulation-out protocols possible on the default dataset; the manifest names
 each video's people and, for a swap, the identity swapped in (``donor``).
 
-Two variants, off by default so the default dataset stays what it was, bring in what
-DFDC also has: ``"voice"`` fakes (``DemoSpec.kinds``), whose frames are the original's
-and whose audio alone is fake, and two-person scenes (``DemoSpec.pair_share``), whose
-face fakes manipulate one of the two faces. The manifest records which (``face_target``).
+Every video speaks: each identity has its own synthetic voice (``dfdc.demo.speech``), the
+words come from the scene. Two variants, off by default so the default dataset's plan stays
+what it was, bring in what DFDC also has: voice fakes (``VOICE_KINDS`` in ``DemoSpec.kinds``:
+WORLD voice conversion, Griffin-Lim resynthesis, a spliced stretch of another voice), whose
+frames are the original's and whose audio alone is fake, and two-person scenes
+(``DemoSpec.pair_share``), whose face fakes manipulate one of the two faces. The manifest
+records which (``face_target``); a fake's ``kind`` says its manipulation and so its modality.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import av
 import cv2
 import numpy as np
 import pandas as pd
+
+from dfdc.demo.speech import VOICE_KINDS, convert_world, griffin_lim, profile_of, splice, synthesize
 
 # Face boxes (x0, y0, x1, y1) in the source photos (512x512; hopper 512 wide, 600 high).
 # Measured once with facenet-pytorch 2.x ``MTCNN(keep_all=True).detect(img)`` on the RGB
@@ -55,8 +60,11 @@ PAIRS: tuple[tuple[str, str], ...] = tuple(
 # mouth moved: identity kept, subtle), blend (the same face re-rendered and pasted back
 # through an offset, sharp-edged mask: a blending boundary only).
 KINDS: tuple[str, ...] = ("swap", "lowres", "colour", "warp", "blend")
-VOICE = "voice"  # a fake whose frames are the original's and whose audio is another voice
-ALL_KINDS: tuple[str, ...] = (*KINDS, VOICE)
+# Voice-only fakes: the original's frames, the audio manipulated (dfdc.demo.speech): "voice" is
+# WORLD voice conversion, "voice_gl" Griffin-Lim resynthesis, "voice_splice" a stretch in
+# another identity's voice.
+VOICE = "voice"
+ALL_KINDS: tuple[str, ...] = (*KINDS, *VOICE_KINDS)
 TEST_DIR = "test_videos"
 # identity: the rendered scene's people, left to right, joined by "+" ("camera+astronaut":
 #   camera on the left); a swap fake keeps its original's identity although it shows a donor.
@@ -233,7 +241,7 @@ def _is_pair(i: int, share: float) -> bool:
 
 def _face_target(kind: str, people: int, seed: int) -> str:
     """The face a fake manipulates; of two people, one drawn from the fake's own seed."""
-    if kind == VOICE:
+    if kind in VOICE_KINDS:
         return "none"
     if people == 1:
         return "all"
@@ -797,40 +805,6 @@ def _ellipse_mask(
 # --------------------------------------------------------------------------- encoding
 
 
-@dataclass(frozen=True)
-class _Voice:
-    """A quiet hum with a syllable-like envelope plus hiss; deterministic per sample index."""
-
-    freq: float  # pitch, Hz
-    amp: float
-    rate: float  # syllables, Hz
-    hiss_seed: int
-
-    @classmethod
-    def of(cls, seed: int) -> _Voice:
-        """The voice of the scene rendered from `seed`."""
-        rng = np.random.default_rng(seed)
-        freq, amp, rate = rng.uniform(110, 330), rng.uniform(0.02, 0.05), rng.uniform(2.0, 5.0)
-        return cls(float(freq), float(amp), float(rate), seed)
-
-    def converted(self, seed: int) -> _Voice:
-        """The same words in another voice: 4-7 semitones up or down, as voice conversion would.
-
-        Timing and loudness stay, so only the voice itself gives the fake away.
-        """
-        rng = np.random.default_rng(seed)
-        semitones = float(rng.choice([-1, 1]) * rng.uniform(4.0, 7.0))
-        return _Voice(self.freq * 2 ** (semitones / 12), self.amp, self.rate, seed)
-
-    def samples(self, start: int, stop: int) -> np.ndarray:
-        """Mono float32 samples [start, stop) at _AUDIO_RATE, shaped (1, n) for PyAV."""
-        t = np.arange(start, stop, dtype=np.float64) / _AUDIO_RATE
-        env = 0.5 + 0.5 * np.sin(2 * np.pi * self.rate * t) ** 2
-        hiss = np.random.default_rng([self.hiss_seed, start]).normal(0.0, 0.004, t.size)
-        wave = self.amp * env * np.sin(2 * np.pi * self.freq * t) + hiss
-        return wave.astype(np.float32)[None, :]
-
-
 def _crf(width: int, height: int) -> int:
     """x264 quality per frame size.
 
@@ -858,10 +832,26 @@ def _face_edit(
     return _Manipulator(video.kind, video.seed, video.donor, photos), face
 
 
-def _voice(video: _Video) -> _Voice:
-    """The scene's voice, converted for a voice fake."""
-    voice = _Voice.of(video.render_seed)
-    return voice.converted(video.seed) if video.kind == VOICE else voice
+def _sound(video: _Video, n: int) -> np.ndarray:
+    """The scene's speech (``n`` samples at _AUDIO_RATE), manipulated for a voice fake.
+
+    Reals and face fakes carry their original's speech unchanged; a voice fake's manipulation
+    draws its parameters from the fake's own seed and keeps the words and their timing.
+    """
+    speakers = tuple(profile_of(person) for person in video.people)
+    speech = synthesize(speakers, video.render_seed, n, _AUDIO_RATE)
+    rng = np.random.default_rng([video.seed, 0xA0D10])
+    if video.kind == VOICE:
+        semitones = float(rng.choice([-1, 1]) * rng.uniform(4.0, 7.0))
+        return convert_world(speech, _AUDIO_RATE, semitones, warp=2 ** (semitones / 24))
+    if video.kind == "voice_gl":
+        return griffin_lim(speech, _AUDIO_RATE, video.seed)
+    if video.kind == "voice_splice":
+        others = [i for i in IDENTITIES if i not in video.people]
+        donor = others[int(rng.integers(len(others)))]
+        other = synthesize((profile_of(donor),), video.render_seed, n, _AUDIO_RATE, turns=False)
+        return splice(speech, other, rng.uniform(0.25, 0.4), rng.uniform(0.25, 0.35), _AUDIO_RATE)
+    return speech
 
 
 def _write_video(
@@ -870,7 +860,8 @@ def _write_video(
     """Render and encode one video, streaming frame by frame into H.264 + AAC."""
     scene = _render(video, spec, photos)
     edit = _face_edit(video, photos)
-    voice = _voice(video)
+    samples_per_frame = Fraction(_AUDIO_RATE, spec.fps)
+    sound = _sound(video, int(spec.n_frames * samples_per_frame))
     partial = path.with_name(f".{path.name}.partial")
     with av.open(str(partial), mode="w", format="mp4") as container:
         options = {**_X264_OPTIONS, "crf": str(_crf(scene.width, scene.height))}
@@ -887,8 +878,8 @@ def _write_video(
             vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
             vf.pts = i
             container.mux(vstream.encode(vf))
-            a0, a1 = i * _AUDIO_RATE // spec.fps, (i + 1) * _AUDIO_RATE // spec.fps
-            af = av.AudioFrame.from_ndarray(voice.samples(a0, a1), format="fltp", layout="mono")
+            a0, a1 = int(i * samples_per_frame), int((i + 1) * samples_per_frame)
+            af = av.AudioFrame.from_ndarray(sound[None, a0:a1], format="fltp", layout="mono")
             af.sample_rate, af.pts = _AUDIO_RATE, a0
             container.mux(astream.encode(af))
         container.mux(vstream.encode(None))

@@ -1,0 +1,1 @@
+"""The voice branch: audio decoding, silence trimming and log-mel windows, the voice model."""
