@@ -257,6 +257,9 @@ class CalibrateConfig(Strict):
     """
 
     temperature_prior_sd: float | None = Field(0.5, gt=0)
+    # The shift starts at the log prior odds of FAKE and is fitted with a Gaussian prior of
+    # this width around them (0: it stays at the log prior odds).
+    bias_prior_sd: float = Field(1.0, ge=0)
     clip_min: float = Field(0.01, gt=0, lt=0.5)
     clip_max: float = Field(0.99, gt=0.5, lt=1)
     output: Path = Path("models/calibration.json")

@@ -38,7 +38,7 @@ def calibrate_flow(params_path: str = "params.yaml") -> Calibration:
     frames, videos = score_held_out(params)
     c = params.calibrate
     cal, logits = calibrate_videos(
-        frames, videos, params.aggregate, c.clip_min, c.clip_max, c.temperature_prior_sd
+        frames, videos, params.aggregate, c.clip_min, c.clip_max, c.temperature_prior_sd, c.bias_prior_sd
     )
     n_crops = frames.groupby("video").size().reindex(videos["filename"]).fillna(0).astype(int)
     videos = videos.assign(logit=logits.to_numpy(), n_crops=n_crops.to_numpy())

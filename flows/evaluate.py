@@ -31,8 +31,9 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict[str, float]:
     faces = video_face_labels(read_labels(params.labels.out_dir, chunks))
     faces = faces.rename(columns={"video": "filename"})
     evaluation = evaluate_test(
-        videos, frames, cal, clip, kinds, cfg.ece_bins, cfg.recall_levels, prior_sd, faces=faces
-    )
+        videos, frames, cal, clip, kinds, cfg.ece_bins, cfg.recall_levels, prior_sd, faces=faces,
+        bias_prior_sd=params.calibrate.bias_prior_sd,
+    )  # fmt: skip
     metrics = {**summary_keys(evaluation.groups), **evaluation.flat("test")}
     cfg.metrics.parent.mkdir(parents=True, exist_ok=True)
     cfg.metrics.write_text(json.dumps(metrics, indent=2) + "\n")

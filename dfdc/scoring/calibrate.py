@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit
 
 from dfdc.config import AggregateConfig
@@ -109,6 +109,31 @@ def fit_temperature(
     return float(np.exp(res.x))
 
 
+def fit_temperature_and_bias(
+    logits: np.ndarray, labels: np.ndarray, prior_sd: float | None, bias0: float, bias_sd: float
+) -> tuple[float, float]:
+    """``(T, b)`` minimising log loss of ``logits / T + b`` (Platt scaling), both with priors.
+
+    log T ~ N(0, prior_sd²) as in :func:`fit_temperature`; b ~ N(bias0, bias_sd²), ``bias0``
+    the log prior odds. The shift is fitted because the model that reaches calibration is not
+    always balanced: its epoch was chosen on a validation subset that is mostly fake, which
+    favours a model leaning to FAKE, and adding the prior odds again would count them twice.
+    """
+    n = len(logits)
+    weight_t = 0.0 if prior_sd is None else 1.0 / (2 * prior_sd**2 * n)
+    weight_b = 1.0 / (2 * bias_sd**2 * n)
+
+    def objective(x: np.ndarray) -> float:
+        log_t, b = float(x[0]), float(x[1])
+        penalty = weight_t * log_t**2 + weight_b * (b - bias0) ** 2
+        return _nll(logits, labels, float(np.exp(log_t)), b) + penalty
+
+    start = np.array([np.log(fit_temperature(logits, labels, prior_sd, bias0)), bias0])
+    bounds = [(np.log(0.05), np.log(20.0)), (bias0 - 10.0, bias0 + 10.0)]
+    res = minimize(objective, start, method="L-BFGS-B", bounds=bounds)
+    return float(np.exp(res.x[0])), float(res.x[1])
+
+
 def fit_calibration(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -116,17 +141,24 @@ def fit_calibration(
     clip_max: float,
     aggregation: AggregateConfig | Mapping[str, Any] | None = None,
     prior_sd: float | None = None,
+    bias_prior_sd: float = 0.0,
 ) -> Calibration:
-    """The prior of all videos as the fallback and the shift; the temperature on those with a face.
+    """The prior of all videos as the fallback; temperature and shift on the videos with a face.
 
-    ``logits`` are video logits made with ``aggregation``, which the record keeps.
+    The shift starts at the log prior odds; with ``bias_prior_sd > 0`` it is fitted with the
+    temperature (a Gaussian prior of that width around the log prior odds), with 0 it stays
+    there. ``logits`` are video logits made with ``aggregation``, which the record keeps.
     """
     logits = np.asarray(logits, dtype=float)
     labels = np.asarray(labels, dtype=float)
     has_face = ~np.isnan(logits)
     prior = float(np.clip(labels.mean() if len(labels) else 0.5, clip_min, clip_max))
     bias = float(np.log(prior / (1 - prior)))
-    temperature = fit_temperature(logits[has_face], labels[has_face], prior_sd, bias)
+    z, y = logits[has_face], labels[has_face]
+    if bias_prior_sd > 0 and len(np.unique(y)) == 2:
+        temperature, bias = fit_temperature_and_bias(z, y, prior_sd, bias, bias_prior_sd)
+    else:
+        temperature = fit_temperature(z, y, prior_sd, bias)
     return Calibration(
         temperature, clip_min, clip_max, prior, as_config(aggregation).model_dump(mode="json"), bias
     )
@@ -157,6 +189,7 @@ def calibrate_videos(
     clip_min: float,
     clip_max: float,
     prior_sd: float | None = None,
+    bias_prior_sd: float = 0.0,
 ) -> tuple[Calibration, pd.Series]:
     """Aggregate ``frames`` per video of ``videos`` and fit on its ``calib`` subset only.
 
@@ -167,6 +200,7 @@ def calibrate_videos(
     logits.index = videos.index
     calib = (videos["subset"] == "calib").to_numpy()
     cal = fit_calibration(
-        logits.to_numpy()[calib], videos["y"].to_numpy()[calib], clip_min, clip_max, aggregation, prior_sd
-    )
+        logits.to_numpy()[calib], videos["y"].to_numpy()[calib], clip_min, clip_max, aggregation, prior_sd,
+        bias_prior_sd,
+    )  # fmt: skip
     return cal, logits

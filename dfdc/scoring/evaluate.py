@@ -188,6 +188,7 @@ def evaluate_test(
     recall_levels: Sequence[float] = (0.9,),
     prior_sd: float | None = None,
     faces: pd.DataFrame | None = None,
+    bias_prior_sd: float = 0.0,
 ) -> Evaluation:
     """Metrics on the test subset of ``videos`` (``filename``, ``chunk``, ``subset``, ``y``, ``logit``).
 
@@ -196,7 +197,7 @@ def evaluate_test(
     whose faces ``changed``, stayed ``untouched`` or had no ``original_missing`` to compare
     with, from ``faces``: ``chunk``, ``filename``, ``face``; with all reals); ``by_aggregation.<s>``
     for every strategy, each with its own temperature fitted on the calib subset from
-    the same ``frames`` (with the temperature prior ``prior_sd``, as calibration does).
+    the same ``frames`` (with the priors ``prior_sd`` and ``bias_prior_sd``, as calibration does).
     """
     is_test = (videos["subset"] == "test").to_numpy()
     test = videos[is_test].copy()
@@ -223,7 +224,7 @@ def evaluate_test(
     chosen = as_config(cal.aggregation)
     for strategy in STRATEGIES:
         cfg: AggregateConfig = chosen.model_copy(update={"strategy": strategy})
-        c, z = calibrate_videos(frames, videos, cfg, *clip, prior_sd)
+        c, z = calibrate_videos(frames, videos, cfg, *clip, prior_sd, bias_prior_sd)
         groups[f"by_aggregation.{strategy}"] = block(everyone, z.to_numpy()[is_test], c)
     return Evaluation(groups, test)
 

@@ -210,3 +210,28 @@ def test_temperature_prior_pulls_a_small_sample_towards_one_and_fades_with_data(
     # The prior is the argument's: fit_calibration passes it through.
     cal = fit_calibration(small_z, small_y, 0.01, 0.99, prior_sd=0.5)
     assert cal.temperature == pytest.approx(fit_temperature(small_z, small_y, prior_sd=0.5, bias=cal.bias))
+
+
+def test_a_model_leaning_to_fake_gets_its_shift_fitted_not_doubled() -> None:
+    """Logits already shifted towards FAKE (an epoch chosen on a mostly fake val subset)."""
+    rng = np.random.default_rng(9)
+    y = (rng.random(3000) < 0.75).astype(float)
+    leaning = rng.normal(np.where(y == 1, 0.8, -0.8), 1.0) + 1.5  # balanced model + a lean of 1.5
+    odds = np.log(y.mean() / (1 - y.mean()))
+    fixed = fit_calibration(leaning, y, 1e-6, 1 - 1e-6, bias_prior_sd=0.0)
+    fitted = fit_calibration(leaning, y, 1e-6, 1 - 1e-6, bias_prior_sd=1.0)
+    assert fixed.bias == pytest.approx(odds)  # 0: the shift stays at the log prior odds
+    assert fitted.bias < odds - 1.0  # the lean is taken back out
+    assert log_loss(y, fitted.probability(leaning)) < log_loss(y, fixed.probability(leaning)) - 0.01
+    assert fitted.fallback == fixed.fallback == pytest.approx(y.mean())
+
+
+def test_the_shift_prior_holds_on_a_few_videos() -> None:
+    """Eight calib videos cannot move the shift far from the log prior odds."""
+    y = np.array([1, 1, 1, 1, 1, 1, 0, 0], dtype=float)
+    z = np.array([3.0, 2.0, 2.5, 1.0, 4.0, 3.5, 2.0, 2.2])  # reals scored like fakes
+    odds = np.log(0.75 / 0.25)
+    tight = fit_calibration(z, y, 0.01, 0.99, prior_sd=0.5, bias_prior_sd=0.1)
+    loose = fit_calibration(z, y, 0.01, 0.99, prior_sd=0.5, bias_prior_sd=10.0)
+    assert abs(tight.bias - odds) < abs(loose.bias - odds)
+    assert abs(tight.bias - odds) < 0.2
