@@ -104,12 +104,15 @@ def _tracked_hits(
     last = len(indices) - 1
     sparse = [p for p in range(len(indices)) if p % cfg.detect_every == 0 or p == last]
     found = dict(zip(sparse, detector.detect_many([images[p] for p in sparse]), strict=True))
-    if not any(found.values()):  # nobody on the sparse frames: search the rest before giving up
+    tracks = build_tracks([(indices[p], faces) for p, faces in found.items()], cfg.max_people)
+    if not tracks and len(found) < len(indices):
+        # Nobody on the sparse frames, or detections too far apart to link (a fast pan between
+        # two detected frames leaves one-frame strays): search the rest before giving up.
         rest = [p for p in range(len(indices)) if p not in found]
         found.update(zip(rest, detector.detect_many([images[p] for p in rest]), strict=True))
+        tracks = build_tracks([(indices[p], faces) for p, faces in found.items()], cfg.max_people)
     searched = sorted(indices[p] for p in found)
     reach = max((b - a for a, b in itertools.pairwise(searched)), default=0)
-    tracks = build_tracks([(indices[p], faces) for p, faces in found.items()], cfg.max_people)
     hits: list[_Hit] = []
     for index in indices:
         rank = 0

@@ -39,7 +39,7 @@ from dfdc.protocol import extract_protocol
 
 # Bump when the code that turns a video into crops changes what it produces (sampling,
 # detection, tracking, the crop policy, the encoder): every stored video is then redone.
-CROP_CODE_VERSION = 2
+CROP_CODE_VERSION = 3  # 3: unlinked sparse detections search every sampled frame
 
 RECORD = "record.json"
 INDEX_FILE = "index.parquet"

@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dfdc.config import ExtractConfig
 from dfdc.faces import store
-from dfdc.faces.extract import extract_chunk
+from dfdc.faces.detect import Face
+from dfdc.faces.extract import _tracked_hits, extract_chunk
 from dfdc.faces.store import (
     INDEX_COLUMNS,
     INDEX_FILE,
@@ -32,8 +34,6 @@ from dfdc.faces.video import even_indices
 
 if TYPE_CHECKING:
     from conftest import Demo, Extracted
-
-    from dfdc.config import ExtractConfig
 
 
 def _copy_faces(extracted: Extracted, tmp_path: Path) -> tuple[Path, Path]:
@@ -383,3 +383,31 @@ def test_empty_chunk_gives_empty_tables(extract_cfg: ExtractConfig, tmp_path: Pa
     assert len(index) == 0
     assert list(index.columns) == INDEX_COLUMNS
     assert len(pd.read_parquet(tmp_path / "out" / VIDEOS_FILE)) == 0
+
+
+def test_detections_too_far_apart_to_link_search_every_frame() -> None:
+    """A fast pan between the two detected frames leaves one-frame strays: every frame is searched."""
+
+    class Panning:
+        """A 20-px face moving 3 px per frame; answers from where the face is, like a detector."""
+
+        def __init__(self) -> None:
+            self.asked: list[int] = []
+
+        def detect_many(self, images: list[np.ndarray]) -> list[list[Face]]:
+            out = []
+            for image in images:
+                i = int(image[0, 0, 0])
+                self.asked.append(i)
+                x = 10.0 + 3.0 * i
+                out.append([Face((x, 40.0, x + 20.0, 60.0), 0.99, (0.0,) * 10)])
+            return out
+
+    indices = tuple(range(10))
+    images = tuple(np.full((120, 160, 3), i, np.uint8) for i in indices)
+    detector = Panning()
+    cfg = ExtractConfig(detect_every=9, max_people=1)  # frames 0 and 9 only: 27 px apart, no overlap
+    hits = _tracked_hits(indices, images, detector, cfg)  # type: ignore[arg-type]
+    assert sorted(set(detector.asked)) == list(indices)  # the sparse pass, then the rest
+    assert [h[0] for h in hits] == list(indices)  # one person on every frame
+    assert all(h[2] == 0 for h in hits)

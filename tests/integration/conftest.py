@@ -92,5 +92,8 @@ def learning_workdir(
     generate_demo_data(raw, LEARNING)
     params = tiny_params(tmp_path)
     params["split"]["seed"] = 0  # 16 groups: 9 train, 2 val, 2 calib, 3 test (12 test videos)
-    params["train"].update(epochs=LEARNING_EPOCHS, patience=None)
+    # SBI off: on 9 training families a third of the reals turned into pseudo-fakes leaves too
+    # few real fakes to learn in 8 epochs (AUC 0.59 with it, 0.70 without); what SBI buys, on
+    # identities and kinds unseen, is measured by `dfdc crossval`, not here.
+    params["train"].update(epochs=LEARNING_EPOCHS, patience=None, sbi_p=0.0)
     return make_workdir(tmp_path, raw, params, monkeypatch)
