@@ -221,8 +221,9 @@ Scores a video with P(FAKE): {ext["frames_per_video"]} evenly spaced frames, fac
 MTCNN (thresholds {ext["thresholds"]}), crops with margin {ext["margin"]:.2f} resized to
 {ext["crop_size"]} px, backbone `{protocol["model"]["name"]}`, frame logits aggregated per video
 (`{protocol["aggregation"].get("strategy", "mean")}`), divided by the
-temperature {protocol["calibration"]["temperature"]:.3f}, shifted by the log prior odds
-{protocol["calibration"].get("bias", 0.0):.3f} (training balanced the classes), clipped to
+temperature {protocol["calibration"]["temperature"]:.3f}, shifted by
+{protocol["calibration"].get("bias", 0.0):.3f} (fitted around the log prior odds: training balanced
+the classes), clipped to
 [{protocol["calibration"]["clip_min"]}, {protocol["calibration"]["clip_max"]}]. A video with no
 usable face gets {protocol["calibration"]["fallback"]:.3f}.
 
