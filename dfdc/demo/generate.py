@@ -38,14 +38,19 @@ import pandas as pd
 
 from dfdc.demo.speech import VOICE_KINDS, convert_world, griffin_lim, profile_of, splice, synthesize
 
-# Face boxes (x0, y0, x1, y1) in the source photos (512x512; hopper 512 wide, 600 high).
+# Hopper's photo is a tight portrait (512x600, the face a third of its width): framed like the
+# others it filled most of the frame and camera moves pushed the head out of it, where MTCNN
+# guesses boxes far beyond the frame. Its edges are extended (replicated, so no second face
+# appears) to 1024x800 (left, top, right, bottom), so its face is framed as large as theirs.
+_PAD: dict[str, tuple[int, int, int, int]] = {"hopper": (256, 200, 256, 0)}
+# Face boxes (x0, y0, x1, y1) in the source photos (512x512; hopper 512x600 before its _PAD).
 # Measured once with facenet-pytorch 2.x ``MTCNN(keep_all=True).detect(img)`` on the RGB
 # photo (camera stacked to 3 channels): one face each, prob 0.99999 (astronaut), 0.9991
 # (camera) and 0.99982 (hopper). Hard-coded so this module never needs torch.
 _FACE_BOXES: dict[str, tuple[float, float, float, float]] = {
     "astronaut": (181.05, 62.16, 267.75, 172.05),
     "camera": (199.22, 118.93, 254.27, 192.27),
-    "hopper": (174.40, 119.56, 355.65, 340.46),
+    "hopper": (174.40 + 256, 119.56 + 200, 355.65 + 256, 340.46 + 200),  # in the padded photo
 }
 IDENTITIES: tuple[str, ...] = tuple(_FACE_BOXES)
 # Two-person scenes: every ordered pair of two identities, in an order where each block of
@@ -395,6 +400,8 @@ def _load_photo(identity: str) -> np.ndarray:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise FileNotFoundError(f"matplotlib's sample photo is unreadable: {path}")
+        left, top, right, bottom = _PAD["hopper"]
+        bgr = cv2.copyMakeBorder(bgr, top, bottom, left, right, cv2.BORDER_REPLICATE)
         return np.ascontiguousarray(bgr[..., ::-1])
     raise ValueError(f"unknown identity {identity!r}; expected one of {IDENTITIES}")
 

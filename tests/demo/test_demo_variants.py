@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dfdc.config import ValidateConfig
 from dfdc.data.labels import crop_difference
 from dfdc.demo import generate
 from dfdc.demo.generate import (
@@ -362,9 +363,11 @@ def test_swap_donor_is_drawn_from_the_seed() -> None:
 
 def test_non_square_photo_is_flipped_with_its_face() -> None:
     photo = generate._load_photo("hopper")
-    assert photo.shape == (600, 512, 3) and photo.dtype == np.uint8
+    left, top, right, bottom = generate._PAD["hopper"]
+    height, width = 600 + top + bottom, 512 + left + right  # the portrait, its edges extended
+    assert photo.shape == (height, width, 3) and photo.dtype == np.uint8
     x0, y0, x1, y1 = generate._FACE_BOXES["hopper"]
-    assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 600
+    assert left <= x0 < x1 <= width - right and top <= y0 < y1 <= height - bottom
     # Mirrored sources keep the face box on the face: find a flipped draw among a few seeds.
     boxes = set()
     for seed in range(6):
@@ -372,7 +375,7 @@ def test_non_square_photo_is_flipped_with_its_face() -> None:
                                                       np.random.default_rng(seed))
         assert source.shape == photo.shape
         boxes.add(tuple(round(v, 2) for v in box))
-    assert boxes == {(x0, y0, x1, y1), (round(512 - x1, 2), y0, round(512 - x0, 2), y1)}
+    assert boxes == {(x0, y0, x1, y1), (round(width - x1, 2), y0, round(width - x0, 2), y1)}
 
 
 # --------------------------------------------------------------------------- identities and kinds
@@ -400,6 +403,14 @@ def test_every_identity_is_found_in_every_frame(
             faces = detector.detect(frame)
             assert len(faces) == 1, (row.identity, i, [f.prob for f in faces])
             assert faces[0].prob >= detector.cfg.min_prob, (row.identity, i, faces[0].prob)
+            # Inside the frame, as the face-index suite demands (validate.face_box_overhang):
+            # a face pushed past the edge gets a box guessed far beyond it.
+            height, width = frame.shape[:2]
+            x0, y0, x1, y1 = faces[0].box
+            over = max(-x0 / width, -y0 / height, (x1 - width) / width, (y1 - height) / height)
+            assert over <= ValidateConfig().face_box_overhang, (row.identity, i, faces[0].box)
+            # ... and framed alike: no identity fills the frame while another is a speck.
+            assert 0.15 <= (y1 - y0) / height <= 0.5, (row.identity, i, faces[0].box)
 
 
 def test_every_kind_changes_every_face_past_the_labels_threshold(
