@@ -232,8 +232,9 @@ class CrossvalConfig(Strict):
     ``donor``): real DFDC ships neither, so there it refuses (chunk folds: ``split.folds``).
     """
 
+    # iid: nothing held out (the same budget on the test subset, for comparison);
     # lomo: leave one manipulation kind out; loio: leave one identity out
-    protocols: tuple[Literal["lomo", "loio"], ...] = ("lomo", "loio")
+    protocols: tuple[Literal["iid", "lomo", "loio"], ...] = ("iid", "lomo", "loio")
     # identities dropped from every fold, training and test alike: e.g. [hopper] replays the
     # demo as it was before its third identity
     exclude_identities: tuple[str, ...] = ()

@@ -8,7 +8,8 @@ video of one identity, hidden from training, validation and calibration, and sco
 - ``lomo.<kind>``: without that kind's fakes; tested on them, from the families never trained
   on (the split's val, calib and test subsets), with the test subset's reals;
 - ``loio.<identity>``: without every video whose scene shows that identity or whose swap
-  shows its face (``donor``); tested on all of those, whichever subset held them.
+  shows its face (``donor``); tested on all of those, whichever subset held them;
+- ``iid``: nothing hidden, the test subset, on the same budget: the bar the others are read against.
 
 A fold keeps the pipeline's split otherwise (a family never straddles train and test), its
 calibration (the temperature fitted on the fold's calib videos) and its one scorer. The
@@ -35,7 +36,11 @@ from dfdc.model.dataset import load_subset
 from dfdc.scoring.calibrate import calibrate_videos, frame_scores, uncalibrated
 from dfdc.scoring.evaluate import video_metrics
 
-PROTOCOLS = {"lomo": "leave one manipulation kind out", "loio": "leave one identity out"}
+PROTOCOLS = {
+    "iid": "nothing held out: the test subset, on the same budget (the bar the others are read against)",
+    "lomo": "leave one manipulation kind out",
+    "loio": "leave one identity out",
+}
 MANIFEST_COLUMNS = ("chunk", "filename", "kind", "identity")  # donor: optional
 FOLD_KEYS = (
     "logloss", "prior_logloss", "auc", "real_mean_p", "real_fpr", "fake_mean_p",
@@ -102,8 +107,8 @@ class Fold:
 
     @property
     def key(self) -> str:
-        """``lomo.warp``: the prefix of the fold's metric keys."""
-        return f"{self.protocol}.{self.held_out}"
+        """``lomo.warp``: the prefix of the fold's metric keys (``iid`` alone: nothing is held out)."""
+        return self.protocol if self.protocol == "iid" else f"{self.protocol}.{self.held_out}"
 
     def subset(self, name: str) -> pd.DataFrame:
         """The fold's videos in one subset."""
@@ -128,6 +133,9 @@ def build_folds(splits: pd.DataFrame, manifest: pd.DataFrame, cfg: CrossvalConfi
     for name in cfg.exclude_identities:
         table = table[~touches(table, name)].reset_index(drop=True)
     folds: list[Fold] = []
+    if "iid" in cfg.protocols:
+        nothing = np.zeros(len(table), dtype=bool)
+        folds.append(_fold("iid", "none", table, nothing, (table["subset"] == "test").to_numpy()))
     if "lomo" in cfg.protocols:
         for kind in sorted(table.loc[table["y"] == 1, "kind"].unique()):
             hidden = (table["kind"] == kind).to_numpy() & (table["y"] == 1).to_numpy()
@@ -268,7 +276,7 @@ def flat_metrics(results: Sequence[FoldResult]) -> dict[str, float]:
         out.update({f"{r.fold.key}.{k}": v for k, v in r.metrics.items() if _finite(v)})
     for protocol in PROTOCOLS:
         mine = [r.metrics for r in results if r.fold.protocol == protocol]
-        if not mine:
+        if not mine or protocol == "iid":
             continue
         for k in MEAN_KEYS:
             values = [m[k] for m in mine if _finite(m[k])]
@@ -289,7 +297,7 @@ def protocol_table(results: Sequence[FoldResult], protocol: str) -> pd.DataFrame
     rows = [{"held_out": r.fold.held_out, **r.metrics, "seconds": r.seconds}
             for r in results if r.fold.protocol == protocol]  # fmt: skip
     table = pd.DataFrame(rows)
-    if table.empty:
+    if len(table) < 2:
         return table
     mean = {"held_out": "mean", **table.drop(columns="held_out").mean(numeric_only=True).to_dict()}
     return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)

@@ -67,7 +67,12 @@ def table() -> tuple[pd.DataFrame, pd.DataFrame, list[Fold]]:
 
 def test_every_kind_and_identity_gets_a_fold(table) -> None:
     _, _, folds = table
-    assert [f.key for f in folds] == [*(f"lomo.{k}" for k in sorted(KINDS)), *(f"loio.{p}" for p in PEOPLE)]
+    assert [f.key for f in folds] == [
+        "iid", *(f"lomo.{k}" for k in sorted(KINDS)), *(f"loio.{p}" for p in PEOPLE)
+    ]
+    iid = folds[0]  # nothing hidden: the split as it is, the test subset as test
+    splits = table[0]
+    assert iid.videos.set_index("filename")["subset"].equals(splits.set_index("filename")["subset"])
 
 
 def test_lomo_fits_without_the_kind_and_tests_its_unseen_fakes_with_the_test_reals(table) -> None:
