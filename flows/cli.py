@@ -153,13 +153,15 @@ for _name in ("extract", "labels", "split", "train", "calibrate", "evaluate", "p
 def crossval(params: Params = "params.yaml") -> None:
     """Leave-one-manipulation-out and leave-one-identity-out (params `crossval:`): a model per fold.
 
-    Needs the per-video manifest named by `evaluate.kinds` (kind, identity, donor); without
-    one it refuses in one line, exit status 2. Writes reports/crossval.json and reports/crossval/.
+    Needs the per-video manifest named by `evaluate.kinds` (kind, identity, donor); without one it
+    refuses in one line, exit status 2. Writes reports/crossval.json and reports/crossval/.
     """
     from dfdc.config import load_params
     from dfdc.scoring.crossval import CrossvalError, read_manifest
 
     try:
+        if not Path(params).is_file():
+            raise CrossvalError(f"no params file {params}")
         read_manifest(load_params(params).evaluate.kinds)
     except CrossvalError as err:  # before Prefect starts: one line, no traceback
         typer.echo(f"refusing to run: {err}", err=True)
