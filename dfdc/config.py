@@ -238,7 +238,7 @@ class CrossvalConfig(Strict):
     # identities dropped from every fold, training and test alike: e.g. [hopper] replays the
     # demo as it was before its third identity
     exclude_identities: tuple[str, ...] = ()
-    epochs: int = Field(4, ge=1)  # per fold
+    epochs: int = Field(12, ge=1)  # per fold (the demo: ~8 steps of 32 crops an epoch at 4 frames a video)
     patience: int | None = Field(None, ge=1)
     # crops of at most this many evenly spaced frames per video, in every subset of a fold
     # (neighbouring frames of a clip teach little more than one; null: all extracted frames)
