@@ -233,3 +233,14 @@ def test_thin_frames_keeps_evenly_spaced_frames_with_every_person() -> None:
     assert sorted(kept.loc[kept["video"] == "a.mp4", "frame"].unique()) == [0, 8, 16, 24]
     assert (kept.groupby(["video", "frame"]).size() == 2).all()  # both people at each kept frame
     assert thin_frames(index, None).equals(index) and len(thin_frames(index, 40)) == len(index)
+
+
+def test_the_command_refuses_a_missing_params_file_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["crossval", "-p", "nothing.yaml"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "refusing to run: no params file nothing.yaml"
