@@ -280,6 +280,33 @@ class EvaluateConfig(Strict):
     kinds: Path | None = Path("data/raw/demo_manifest.csv")
 
 
+class CrossvalConfig(Strict):
+    """``dfdc crossval``: protocols that hide a manipulation kind or an identity from training.
+
+    Each fold retrains ``model`` with the ``train`` recipe on a reduced budget (``epochs``,
+    ``patience``), so a whole run stays minutes on a demo; everything else is the pipeline's.
+    It needs the per-video manifest named by ``evaluate.kinds`` (``kind``, ``identity``,
+    ``donor``): real DFDC ships neither, so there it refuses (chunk folds: ``split.folds``).
+    """
+
+    # iid: nothing held out (the same budget on the test subset, for comparison);
+    # lomo: leave one manipulation kind out; loio: leave one identity out
+    protocols: tuple[Literal["iid", "lomo", "loio"], ...] = ("iid", "lomo", "loio")
+    # identities dropped from every fold, training and test alike: e.g. [hopper] replays the
+    # demo as it was before its third identity
+    exclude_identities: tuple[str, ...] = ()
+    epochs: int = Field(12, ge=1)  # per fold (the demo: ~8 steps of 32 crops an epoch at 4 frames a video)
+    patience: int | None = Field(None, ge=1)
+    # crops of at most this many evenly spaced frames per video, in every subset of a fold
+    # (neighbouring frames of a clip teach little more than one; null: all extracted frames)
+    frames_per_video: int | None = Field(4, ge=1)
+    threads: int = Field(1, ge=0)  # torch threads per fold (0: torch's default); 1 on a shared CPU
+    work_dir: Path = Path("models/crossval")  # each fold's checkpoint (a killed fold resumes)
+    metrics: Path = Path("reports/crossval.json")  # flat keys, like reports/metrics.json
+    report_dir: Path = Path("reports/crossval")  # a table per protocol, the scores, the histograms
+    histogram_bins: int = Field(20, ge=2)
+
+
 class RegistryConfig(Strict):
     """MLflow tracking and registry; ``MLFLOW_TRACKING_URI`` overrides the local store."""
 
@@ -343,6 +370,7 @@ class Params(Strict):
     aggregate: AggregateConfig = AggregateConfig()
     calibrate: CalibrateConfig = CalibrateConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    crossval: CrossvalConfig = CrossvalConfig()
     registry: RegistryConfig = RegistryConfig()
     package: PackageConfig = PackageConfig()
     retrain: RetrainConfig = RetrainConfig()

@@ -150,6 +150,31 @@ for _name in ("extract", "labels", "split", "train", "calibrate", "evaluate", "p
 
 
 @app.command()
+def crossval(params: Params = "params.yaml") -> None:
+    """Leave-one-manipulation-out and leave-one-identity-out (params `crossval:`): a model per fold.
+
+    Needs the per-video manifest named by `evaluate.kinds` (kind, identity, donor); without one it
+    refuses in one line, exit status 2. Writes reports/crossval.json and reports/crossval/.
+    """
+    from dfdc.config import load_params
+    from dfdc.scoring.crossval import CrossvalError, read_manifest
+
+    try:
+        if not Path(params).is_file():
+            raise CrossvalError(f"no params file {params}")
+        read_manifest(load_params(params).evaluate.kinds)
+    except CrossvalError as err:  # before Prefect starts: one line, no traceback
+        typer.echo(f"refusing to run: {err}", err=True)
+        raise typer.Exit(2) from None
+    from flows.crossval import crossval_flow
+
+    state = crossval_flow(params, return_state=True)
+    if state.is_failed():
+        typer.echo(state.message, err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
 def promote(
     version: Annotated[int | None, typer.Option(help="decide on this registered version instead")] = None,
     force: Annotated[bool, typer.Option(help="with --version: champion regardless, as an override")] = False,
