@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,11 +32,16 @@ from dfdc.scoring.crossval import (
     touches,
     write_report,
 )
-from tests.conftest import EXTRACT_CFG, Demo, Extracted
 
 PEOPLE = ("astronaut", "camera", "hopper")
 KINDS = ("swap", "lowres", "colour", "warp", "blend")
 SUBSETS = ("train", "train", "val", "calib", "test", "train")
+
+if TYPE_CHECKING:
+    from conftest import Demo, Extracted
+
+    from dfdc.config import ExtractConfig
+
 
 
 def _synthetic() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -168,7 +174,7 @@ def test_the_command_refuses_in_one_line_before_any_work(
 
 
 def test_one_fold_trains_scores_and_reports_finite_figures(
-    demo: Demo, extracted: Extracted, tmp_path: Path
+    demo: Demo, extracted: Extracted, extract_cfg: ExtractConfig, tmp_path: Path
 ) -> None:
     """A hand-made fold of the session's chunk: one family trains, the other is split over the rest."""
     m = demo.manifest[demo.manifest["chunk"] == extracted.out_dir.name].reset_index(drop=True)
@@ -186,7 +192,7 @@ def test_one_fold_trains_scores_and_reports_finite_figures(
         epochs=1, work_dir=tmp_path / "folds", metrics=tmp_path / "crossval.json", report_dir=tmp_path / "cv"
     )
     params = Params(
-        data=DataConfig(faces_dir=extracted.faces_dir), extract=EXTRACT_CFG,
+        data=DataConfig(faces_dir=extracted.faces_dir), extract=extract_cfg,
         train=TrainConfig(epochs=9, batch_size=8, threads=1), score=ScoreConfig(device="cpu", workers=0),
         crossval=cv,
     )  # fmt: skip
