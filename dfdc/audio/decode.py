@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from dfdc.faces.video import VideoError
+from dfdc.faces.video import VideoError, open_media
 
 # Reasons a track cannot be used (``AudioError.reason``); "silent" is raised by dfdc.audio.features,
 # which is where the silence threshold is applied.
@@ -83,12 +83,7 @@ def read_audio(path: Path, sample_rate: int = 16_000, max_seconds: float | None 
     ``audio_decode_error`` (packets, none of them decodable). Undecodable packets among good ones
     are skipped and counted in ``Audio.bad_packets``.
     """
-    if not path.is_file():
-        raise AudioError(path, "missing")
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise AudioError(path, "decode_error", f"cannot open: {err}") from err
+    container = open_media(path, AudioError)
     limit = None if max_seconds is None else round(max_seconds * sample_rate)
     with container:
         if not container.streams.audio:

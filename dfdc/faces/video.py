@@ -74,6 +74,19 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
+def open_media(path: Path, error: type[VideoError] = VideoError) -> av.container.InputContainer:
+    """The file opened by PyAV; missing or not a media file is ``error`` (``missing``, ``decode_error``).
+
+    Video frames and audio tracks are read through it, so both refuse a bad file alike.
+    """
+    if not path.is_file():
+        raise error(path, "missing")
+    try:
+        return av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:
+        raise error(path, "decode_error", f"cannot open: {err}") from err
+
+
 def sample_frames(path: Path, n: int, skip_unwanted: bool = True) -> Frames:
     """Decode ``n`` evenly spaced RGB frames of ``path`` in a single pass.
 
@@ -81,12 +94,7 @@ def sample_frames(path: Path, n: int, skip_unwanted: bool = True) -> Frames:
     ``no_video_stream`` (audio only) or ``empty`` (nothing decodable). A truncated file
     gives the wanted frames it still holds.
     """
-    if not path.is_file():
-        raise VideoError(path, "missing")
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise VideoError(path, "decode_error", f"cannot open: {err}") from err
+    container = open_media(path)
     with container:
         if not container.streams.video:
             raise VideoError(path, "no_video_stream")

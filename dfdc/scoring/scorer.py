@@ -41,6 +41,7 @@ from dfdc.scoring.calibrate import Calibration
 
 _LOG = logging.getLogger(__name__)
 COLUMNS = ("filename", "label", "status", "detail", "n_faces", "logit")  # plus ``details`` when asked
+NO_DETAILS: dict[str, Any] = {"fps": None, "persons": []}  # a video scored without its faces
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ class Scorer:
         """The fallback row of a name that was not opened."""
         row = self._row(name, "refused", why, 0, float("nan"))
         if details:
-            row["details"] = {"fps": None, "persons": []}
+            row["details"] = dict(NO_DETAILS)
         return row
 
     def _error_row(self, path: Path, err: Exception, details: bool) -> dict[str, Any]:
@@ -232,13 +233,13 @@ class Scorer:
         _LOG.warning("%s: scored with the fallback after %s", path.name, reason, exc_info=trace)
         row = self._row(path.name, "error", reason, 0, float("nan"))
         if details:
-            row["details"] = {"fps": None, "persons": []}
+            row["details"] = dict(NO_DETAILS)
         return row
 
     def _details(self, path: Path, faces: Any, frame_logits: np.ndarray) -> dict[str, Any]:
         """Per person, the calibrated score of each frame with its time code (frame / fps)."""
         if faces is None or not len(frame_logits):
-            return {"fps": None, "persons": []}
+            return dict(NO_DETAILS)
         fps = _video_fps(path)
         persons = np.asarray(faces.persons)  # the tracked identity of each crop
         cal = self.calibration
