@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -146,7 +147,7 @@ def test_served_champion_scores_videos(registry: RegistryConfig, demo: Demo, tmp
 
 
 def test_bundle_alone_in_a_new_venv_scores_like_dfdc_predict(
-    registry: RegistryConfig, demo: Demo, tmp_path: Path
+    registry: RegistryConfig, demo: Demo, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Done when: only the bundle and its listed requirements give the same submission."""
     from dfdc.release.registry import download_champion_bundle
@@ -164,7 +165,8 @@ def test_bundle_alone_in_a_new_venv_scores_like_dfdc_predict(
 
     alone = tmp_path / "elsewhere" / "submission"
     download_champion_bundle(registry, alone)
-    venv = tmp_path / "venv"
+    venv = tmp_path / "venv"  # about 6 GB with torch's CUDA wheels: removed as soon as the test ends
+    request.addfinalizer(lambda: shutil.rmtree(venv, ignore_errors=True))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
     subprocess.run(
