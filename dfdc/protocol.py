@@ -2,9 +2,10 @@
 
 A model's **protocol** is everything that decides the P(FAKE) it gives a video: the
 backbone, the frames sampled, the detector and its scale policy, the crop policy, the
-normalisation, the aggregation, the temperature, shift and clip. It is saved with the
-weights, the same JSON in the checkpoint and in the bundle, and prediction reads it from
-there and nowhere else.
+normalisation, the aggregation, the voice branch's features (when it takes part), the
+fusion of the two branches, the temperature, shift and clip. It is saved with the weights,
+the same JSON in the checkpoint and in the bundle, and prediction reads it from there and
+nowhere else.
 
 **Run settings** decide where and how fast: the device, threads, batch size, workers, a
 cluster's address. They come from the caller (``params.yaml``'s ``score`` and ``extract``
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from dfdc.config import ExtractConfig, ModelConfig
+from dfdc.config import AudioConfig, ExtractConfig, ModelConfig
 from dfdc.scoring.calibrate import Calibration
 
 # Extract settings that change no crop: how extraction runs, not what it produces.
@@ -51,6 +52,7 @@ class Protocol:
     extract: ExtractConfig
     preprocess: Preprocess
     calibration: Calibration | None = None
+    voice: AudioConfig | None = None  # the voice branch's features and shape; None: faces only
 
     def __post_init__(self) -> None:
         # Normalised on the way in, so two records that score alike compare equal.
@@ -63,7 +65,10 @@ class Protocol:
         return replace(self, calibration=calibration)
 
     def to_json(self) -> dict[str, Any]:
-        """``model``, ``extract``, ``preprocess`` (+ ``aggregation`` and ``calibration`` once calibrated)."""
+        """``model``, ``extract``, ``preprocess``; ``aggregation``, ``calibration``, ``fusion``, ``voice``.
+
+        The last four only once calibrated, fused with a voice branch, or with one.
+        """
         out: dict[str, Any] = {
             "model": self.model.architecture(),
             "extract": extract_protocol(self.extract),
@@ -72,6 +77,10 @@ class Protocol:
         if self.calibration is not None:
             out["aggregation"] = self.calibration.aggregation
             out["calibration"] = self.calibration.scalars()
+            if self.calibration.fusion is not None:
+                out["fusion"] = self.calibration.fusion
+        if self.voice is not None:
+            out["voice"] = self.voice.model_dump(mode="json")
         return out
 
     @classmethod
@@ -83,4 +92,5 @@ class Protocol:
             extract=read_extract(raw["extract"]),
             preprocess=Preprocess(tuple(pre["mean"]), tuple(pre["std"])),
             calibration=Calibration.from_protocol(raw) if "calibration" in raw else None,
+            voice=AudioConfig.model_validate(raw["voice"]) if raw.get("voice") is not None else None,
         )

@@ -1,5 +1,9 @@
 """The offline submission bundle: weights, the whole protocol, its code, a model card, checksums.
 
+With a voice branch the bundle carries both models: the face model's weights and the voice
+model's (``voice.safetensors``), the voice features in the protocol's ``voice`` and how
+the two are fused in its ``fusion``.
+
 Weights are safetensors and the protocol is JSON, so loading a bundle runs no
 pickled code. The bundle also carries the dfdc source files prediction runs on, an
 entry point (``predict.py``) and exact requirement pins, so it scores videos with
@@ -12,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -26,7 +30,13 @@ from dfdc.model.backbone import Checkpoint, build_model
 from dfdc.protocol import Preprocess, Protocol
 from dfdc.scoring.calibrate import Calibration
 
+if TYPE_CHECKING:
+    from dfdc.audio.model import VoiceCheckpoint
+    from dfdc.config import ScoreConfig
+    from dfdc.scoring.scorer import Scorer
+
 WEIGHTS = "model.safetensors"
+VOICE_WEIGHTS = "voice.safetensors"  # only in a bundle whose fusion uses the voice
 PROTOCOL = "protocol.json"
 CARD = "MODEL_CARD.md"
 CHECKSUMS = "checksums.json"
@@ -45,8 +55,15 @@ class Bundle:
     """A loaded bundle: the model (on the CPU; the scorer moves it) and the protocol that feeds it."""
 
     model: nn.Module
-    protocol: Protocol  # calibrated: crops, normalisation, aggregation, temperature, clip
+    protocol: Protocol  # calibrated: crops, normalisation, aggregation, fusion, temperature, clip
     metrics: dict[str, float]
+    voice_model: nn.Module | None = None  # with a voice branch (protocol.voice)
+
+    def scorer(self, run: ScoreConfig | None = None) -> Scorer:
+        """The one scorer on this bundle's models and protocol, run as ``run`` says."""
+        from dfdc.scoring.scorer import Scorer
+
+        return Scorer(self.model, self.protocol, run, self.voice_model)
 
     @property
     def model_cfg(self) -> ModelConfig:
@@ -81,12 +98,24 @@ def build_bundle(
     out_dir: Path,
     extra: dict[str, str] | None = None,
     training: dict[str, Any] | None = None,
+    voice: VoiceCheckpoint | None = None,
 ) -> Path:
-    """Write a self-describing, self-running bundle into ``out_dir`` (replacing a bundle there)."""
+    """Write a self-describing, self-running bundle into ``out_dir`` (replacing a bundle there).
+
+    ``voice`` is required when ``calibration`` fuses a voice branch, and ignored otherwise.
+    """
+    uses_voice = calibration.fusion_rule.uses_voice
+    if uses_voice and voice is None:
+        method = calibration.fusion_rule.method
+        raise ValueError(f"the calibration fuses the voice ({method}): a voice model is needed")
     _clear(out_dir)
     save_file({k: v.contiguous() for k, v in checkpoint.state_dict.items()}, out_dir / WEIGHTS)
+    record = checkpoint.protocol.with_calibration(calibration)
+    if uses_voice and voice is not None:
+        save_file({k: v.contiguous() for k, v in voice.state_dict.items()}, out_dir / VOICE_WEIGHTS)
+        record = replace(record, voice=voice.audio)
     protocol = {
-        **checkpoint.protocol.with_calibration(calibration).to_json(),  # as the checkpoint saves it
+        **record.to_json(),  # as the checkpoint saves it
         "metrics": metrics,
         "provenance": extra or {},
         "training": training or {},
@@ -207,7 +236,14 @@ def _rebuild(bundle_dir: Path) -> Bundle:
         raise KeyError("calibration")
     model = build_model(protocol.model)
     model.load_state_dict(load_file(bundle_dir / WEIGHTS))
-    return Bundle(model=model.eval(), protocol=protocol, metrics=raw["metrics"])
+    voice_model = None
+    if protocol.voice is not None:
+        from dfdc.audio.model import build_voice_model
+
+        voice_model = build_voice_model(protocol.voice)
+        voice_model.load_state_dict(load_file(bundle_dir / VOICE_WEIGHTS))
+        voice_model.eval()
+    return Bundle(model=model.eval(), protocol=protocol, metrics=raw["metrics"], voice_model=voice_model)
 
 
 def _model_card(protocol: dict) -> str:

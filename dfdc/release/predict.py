@@ -15,7 +15,7 @@ import torch
 from dfdc.config import ScoreConfig
 from dfdc.faces.video import VIDEO_SUFFIXES, is_video_name
 from dfdc.release.bundle import Bundle, load_bundle
-from dfdc.scoring.scorer import Scorer, table
+from dfdc.scoring.scorer import table
 
 
 class PredictError(Exception):
@@ -42,7 +42,7 @@ def score_videos(
     it an ``error`` row and the run goes on. With ``details`` a ``details`` column holds
     each video's per-person, per-frame scores and time codes.
     """
-    return Scorer(bundle.model, bundle.protocol, run).score(paths, progress, details)
+    return bundle.scorer(run).score(paths, progress, details)
 
 
 def score_sample(
@@ -59,7 +59,7 @@ def score_sample(
     sample submission comes from elsewhere and must not choose which files are read. Its row
     has status ``refused`` and the fallback probability, like any video that cannot be scored.
     """
-    scorer = Scorer(bundle.model, bundle.protocol, run)
+    scorer = bundle.scorer(run)
     refusals = [_leaves_folder(name) for name in names]
     inside = [name for name, why in zip(names, refusals, strict=True) if not why]
     scored = iter(scorer.score([folder / n for n in inside], progress, details).to_dict("records"))
@@ -170,9 +170,7 @@ def read_sample_names(sample: Path) -> list[str]:
     return table["filename"].tolist()
 
 
-def write_submission(
-    scores: pd.DataFrame, out: Path, sample_submission: Path | None = None
-) -> pd.DataFrame:
+def write_submission(scores: pd.DataFrame, out: Path, sample_submission: Path | None = None) -> pd.DataFrame:
     """``filename,label`` in sample-submission order when one is given.
 
     A name in the sample that was not scored is an error: silently filling it would hide
@@ -188,4 +186,3 @@ def write_submission(
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     return table
-

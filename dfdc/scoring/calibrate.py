@@ -28,6 +28,7 @@ from scipy.special import expit
 
 from dfdc.config import AggregateConfig
 from dfdc.scoring.aggregate import aggregate, as_config
+from dfdc.scoring.fusion import Fusion, fit_fusion
 
 if TYPE_CHECKING:
     from dfdc.scoring.scorer import Scorer
@@ -51,6 +52,17 @@ class Calibration:
     # The aggregation the temperature was fitted on (``AggregateConfig`` as JSON).
     aggregation: dict[str, Any] = field(default_factory=lambda: AggregateConfig().model_dump(mode="json"))
     bias: float = 0.0  # log prior odds of FAKE, added after the temperature (0: records before it)
+    # How the face and voice logits became the one calibrated (``Fusion`` as JSON); None: face alone.
+    fusion: dict[str, Any] | None = None
+
+    @property
+    def fusion_rule(self) -> Fusion:
+        """The fitted fusion of the branch logits this calibration was fitted on."""
+        return Fusion.from_json(self.fusion)
+
+    def fused(self, face: np.ndarray | float, voice: np.ndarray | float) -> np.ndarray:
+        """The video logit this calibration takes, from the branch logits (NaN: a branch has none)."""
+        return self.fusion_rule.logit(face, voice)
 
     def probability(self, logits: np.ndarray | pd.Series) -> np.ndarray:
         """Calibrated, clipped P(FAKE); NaN logits (no face) get the fallback."""
@@ -69,20 +81,22 @@ class Calibration:
         return cls(**json.loads(path.read_text()))
 
     def scalars(self) -> dict[str, float]:
-        """Temperature, clip bounds and fallback: a bundle's ``protocol["calibration"]``."""
-        return {k: v for k, v in asdict(self).items() if k != "aggregation"}
+        """Temperature, shift, clip bounds and fallback: a bundle's ``protocol["calibration"]``."""
+        return {k: v for k, v in asdict(self).items() if k not in ("aggregation", "fusion")}
 
     @classmethod
     def from_protocol(cls, protocol: Mapping[str, Any]) -> Calibration:
-        """Rebuild from a bundle protocol: ``calibration`` scalars plus ``aggregation``.
+        """Rebuild from a bundle protocol: ``calibration`` scalars plus ``aggregation`` and ``fusion``.
 
-        Bundles written before aggregation was configurable say ``"mean_logit"``.
+        Bundles written before aggregation was configurable say ``"mean_logit"``; those
+        written before the voice branch have no ``fusion`` (the face alone).
         """
         aggregation = protocol.get("aggregation")
         if not isinstance(aggregation, Mapping):
             aggregation = None  # "mean_logit" or absent: the mean of frame logits
-        scalars = {k: v for k, v in protocol["calibration"].items() if k != "aggregation"}
-        return cls(**scalars, aggregation=as_config(aggregation).model_dump(mode="json"))
+        scalars = {k: v for k, v in protocol["calibration"].items() if k not in ("aggregation", "fusion")}
+        fusion = protocol.get("fusion")
+        return cls(**scalars, aggregation=as_config(aggregation).model_dump(mode="json"), fusion=fusion)
 
 
 def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float, bias: float = 0.0) -> float:
@@ -142,12 +156,14 @@ def fit_calibration(
     aggregation: AggregateConfig | Mapping[str, Any] | None = None,
     prior_sd: float | None = None,
     bias_prior_sd: float = 0.0,
+    fusion: Fusion | None = None,
 ) -> Calibration:
-    """The prior of all videos as the fallback; temperature and shift on the videos with a face.
+    """The prior of all videos as the fallback; temperature and shift on the videos with a score.
 
     The shift starts at the log prior odds; with ``bias_prior_sd > 0`` it is fitted with the
     temperature (a Gaussian prior of that width around the log prior odds), with 0 it stays
-    there. ``logits`` are video logits made with ``aggregation``, which the record keeps.
+    there. ``logits`` are video logits made with ``aggregation`` (and ``fusion``, when the
+    voice branch takes part), which the record keeps.
     """
     logits = np.asarray(logits, dtype=float)
     labels = np.asarray(labels, dtype=float)
@@ -159,14 +175,15 @@ def fit_calibration(
         temperature, bias = fit_temperature_and_bias(z, y, prior_sd, bias, bias_prior_sd)
     else:
         temperature = fit_temperature(z, y, prior_sd, bias)
+    fused_by = None if fusion is None else fusion.to_json()
     return Calibration(
-        temperature, clip_min, clip_max, prior, as_config(aggregation).model_dump(mode="json"), bias
+        temperature, clip_min, clip_max, prior, as_config(aggregation).model_dump(mode="json"), bias, fused_by
     )
 
 
 def uncalibrated(cal: Calibration) -> Calibration:
     """The same aggregation and fallback with no temperature, shift or clip to speak of: the "before"."""
-    return Calibration(1.0, 1e-6, 1 - 1e-6, cal.fallback, cal.aggregation)
+    return Calibration(1.0, 1e-6, 1 - 1e-6, cal.fallback, cal.aggregation, fusion=cal.fusion)
 
 
 def frame_scores(scorer: Scorer, faces_dir: Path, index: pd.DataFrame, videos: pd.Series) -> pd.DataFrame:
@@ -182,6 +199,15 @@ def frame_scores(scorer: Scorer, faces_dir: Path, index: pd.DataFrame, videos: p
     return rows[columns].assign(logit=np.asarray(logits, dtype=float))
 
 
+def face_logits(
+    frames: pd.DataFrame, videos: pd.DataFrame, aggregation: AggregateConfig | Mapping[str, Any]
+) -> pd.Series:
+    """The face branch's logit of every video of ``videos`` (NaN: no face), aligned with it."""
+    logits = aggregate(frames, aggregation).reindex(videos["filename"].to_numpy())
+    logits.index = videos.index
+    return logits
+
+
 def calibrate_videos(
     frames: pd.DataFrame,
     videos: pd.DataFrame,
@@ -190,17 +216,24 @@ def calibrate_videos(
     clip_max: float,
     prior_sd: float | None = None,
     bias_prior_sd: float = 0.0,
+    fusion: str = "face",
+    fusion_weight_sd: float = 2.0,
 ) -> tuple[Calibration, pd.Series]:
-    """Aggregate ``frames`` per video of ``videos`` and fit on its ``calib`` subset only.
+    """Aggregate ``frames`` per video of ``videos``, fuse, and fit on its ``calib`` subset only.
 
-    ``videos`` has ``filename``, ``subset`` and ``y``; returns the calibration and every
-    video's logit aligned with ``videos`` (NaN: no face).
+    ``videos`` has ``filename``, ``subset``, ``y`` and, for any ``fusion`` but ``face``,
+    ``voice_logit`` (NaN: no usable audio). Returns the calibration and every video's fused
+    logit aligned with ``videos`` (NaN: neither branch has a score).
     """
-    logits = aggregate(frames, aggregation).reindex(videos["filename"].to_numpy())
-    logits.index = videos.index
+    face = face_logits(frames, videos, aggregation).to_numpy()
+    no_voice = np.full(len(face), np.nan)
+    voice = videos["voice_logit"].to_numpy(dtype=float) if "voice_logit" in videos else no_voice
     calib = (videos["subset"] == "calib").to_numpy()
+    y = videos["y"].to_numpy()
+    rule = fit_fusion(fusion, face[calib], voice[calib], y[calib], fusion_weight_sd)
+    fused = rule.logit(face, voice)
     cal = fit_calibration(
-        logits.to_numpy()[calib], videos["y"].to_numpy()[calib], clip_min, clip_max, aggregation, prior_sd,
-        bias_prior_sd,
+        fused[calib], y[calib], clip_min, clip_max, aggregation, prior_sd, bias_prior_sd,
+        None if fusion == "face" else rule,
     )  # fmt: skip
-    return cal, logits
+    return cal, pd.Series(fused, index=videos.index)

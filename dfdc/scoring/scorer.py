@@ -12,9 +12,15 @@ settings (``ScoreConfig``) only where and how fast:
   so memory holds a few videos' crops, never a folder's frames;
 - crops of several videos go through the classifier together, ``batch_size`` at a time.
 
-Every input gets a row, in input order: a video that cannot be read or shows no face gets
-the calibrated fallback and its reason; any other exception on one video gives it an
-``error`` row and scoring goes on. ``KeyboardInterrupt`` still stops it.
+With a voice branch (a bundle whose protocol has ``voice`` and whose fusion uses it), each
+worker also decodes the video's audio track into log-mel windows; the voice model scores
+them and the calibration's fusion combines the face and voice logits. A video without a
+usable audio track (none, empty, silent, undecodable) is scored by its faces alone, one
+without a face by its voice alone; ``voice_status`` says which.
+
+Every input gets a row, in input order: a video that cannot be read, or has neither a face
+nor usable audio, gets the calibrated fallback and its reason; any other exception on one
+video gives it an ``error`` row and scoring goes on. ``KeyboardInterrupt`` still stops it.
 """
 
 from __future__ import annotations
@@ -40,8 +46,20 @@ from dfdc.scoring.aggregate import video_logit
 from dfdc.scoring.calibrate import Calibration
 
 _LOG = logging.getLogger(__name__)
-COLUMNS = ("filename", "label", "status", "detail", "n_faces", "logit")  # plus ``details`` when asked
-NO_DETAILS: dict[str, Any] = {"fps": None, "persons": []}  # a video scored without its faces
+# ``logit``: the fused video logit before calibration; ``face_logit`` and ``voice_logit``: each
+# branch's (NaN: no score); ``voice_status``: ``ok``, the audio's reason, or ``off`` (no voice branch).
+COLUMNS = (
+    "filename",
+    "label",
+    "status",
+    "detail",
+    "n_faces",
+    "logit",
+    "face_logit",
+    "voice_logit",
+    "voice_status",
+)  # fmt: skip  (plus ``details`` when asked)
+NO_DETAILS: dict[str, Any] = {"fps": None, "persons": [], "voice": None}  # a video scored without either
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,9 @@ class _Prepared:
     status: str = "ok"
     detail: str = ""
     error: Exception | None = None
+    voice: Any = None  # dfdc.audio.features.AudioWindows, when the voice branch takes part
+    voice_status: str = "off"
+    voice_detail: str = ""
 
     @property
     def n_crops(self) -> int:
@@ -67,12 +88,25 @@ class Scorer:
     video's row is a calibrated probability.
     """
 
-    def __init__(self, model: nn.Module, protocol: Protocol, run: ScoreConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        protocol: Protocol,
+        run: ScoreConfig | None = None,
+        voice_model: nn.Module | None = None,
+    ) -> None:
         from dfdc.model.backbone import on_device
 
         self.run = run or ScoreConfig()
         self.protocol = protocol
         self.model = on_device(model, self.run.device)
+        fusion = protocol.calibration.fusion_rule if protocol.calibration is not None else None
+        self.uses_voice = fusion is not None and fusion.uses_voice
+        if self.uses_voice and (voice_model is None or protocol.voice is None):
+            raise ValueError(
+                "the calibration fuses a voice branch, but no voice model or protocol came with it"
+            )
+        self.voice_model = on_device(voice_model, self.run.device) if self.uses_voice else None
         self._detector: Any = None
 
     @property
@@ -121,21 +155,37 @@ class Scorer:
         return self._detector
 
     def _prepare(self, path: Path) -> _Prepared:
-        """Decode, detect and crop one video (in a worker thread); failures become values."""
+        """Decode, detect and crop one video, and window its audio (in a worker thread).
+
+        Failures become values: each branch's reason, so the other branch can still score.
+        """
         from dfdc.faces.extract import faces_of_video
         from dfdc.faces.store import as_stored
 
         extract = self.protocol.extract
+        voice = self._voice_of(path)
         try:
             faces = faces_of_video(path, self._detector_once(), extract)
         except VideoError as err:
-            return _Prepared(path, status=err.reason, detail=err.detail)
+            return _Prepared(path, status=err.reason, detail=err.detail, **voice)
         except Exception as err:
-            return _Prepared(path, status="error", error=err)
+            return _Prepared(path, status="error", error=err, **voice)
         if not len(faces.crops):
-            return _Prepared(path, faces, status="no_face")
+            return _Prepared(path, faces, status="no_face", **voice)
         crops = np.stack([as_stored(c, extract) for c in faces.crops])  # as training read them
-        return _Prepared(path, faces, crops)
+        return _Prepared(path, faces, crops, **voice)
+
+    def _voice_of(self, path: Path) -> dict[str, Any]:
+        """The audio's windows, or why there are none (``off`` without a voice branch)."""
+        if not self.uses_voice:
+            return {}
+        from dfdc.audio.features import audio_windows
+
+        assert self.protocol.voice is not None
+        try:
+            return {"voice": audio_windows(path, self.protocol.voice), "voice_status": "ok"}
+        except VideoError as err:  # AudioError: no_audio, silent, audio_decode_error ...
+            return {"voice_status": err.reason, "voice_detail": err.detail}
 
     def _prepared(self, paths: list[Path]) -> Iterator[_Prepared]:
         """Each video prepared, in input order, by ``workers`` threads running ahead of the caller."""
@@ -186,30 +236,62 @@ class Scorer:
             logits = {}
         return [self._row_of(g, logits.get(id(g)), details) for g in group]
 
+    def _voice_logits(self, item: _Prepared) -> np.ndarray:
+        """The voice model's logit of each of the video's audio windows (none without audio)."""
+        if item.voice is None or self.voice_model is None:
+            return np.zeros(0, dtype=np.float32)
+        from dfdc.audio.model import window_logits
+
+        return window_logits(self.voice_model, item.voice.windows, self.run.batch_size)
+
     def _row_of(self, item: _Prepared, logits: np.ndarray | None, details: bool) -> dict[str, Any]:
-        """One video's row from its prepared faces and (when batched) its frame logits."""
+        """One video's row from its prepared faces and audio and (when batched) its frame logits."""
         if item.error is not None:
             return self._error_row(item.path, item.error, details)
-        if item.status != "ok" or item.crops is None:
-            row = self._row(item.path.name, item.status, item.detail, 0, float("nan"))
-            if details:
-                row["details"] = self._details(item.path, item.faces, np.zeros(0, np.float32))
-            return row
         try:
-            frame_logits = logits if logits is not None else self.crop_logits(item.crops)
+            face_ok = item.status == "ok" and item.crops is not None
+            frame_logits = np.zeros(0, np.float32)
+            if face_ok:
+                frame_logits = logits if logits is not None else self.crop_logits(item.crops)
             aggregation = self.calibration.aggregation
-            logit = video_logit(frame_logits, item.faces.persons, aggregation)
-            row = self._row(item.path.name, "ok", "", item.n_crops, logit)
+            face = video_logit(frame_logits, item.faces.persons, aggregation) if face_ok else np.nan
+            window = self._voice_logits(item)
+            voice = self._voice_clip(window)
+            status, detail = item.status, item.detail
+            if not face_ok and np.isfinite(voice):  # no face, but a voice to judge by
+                status, detail = "ok", f"{item.status}: scored by the voice alone"
+            elif face_ok and self.uses_voice and item.voice_status != "ok":
+                detail = f"{item.voice_status}: scored by the face alone"
+            n_faces = item.n_crops if face_ok else 0
+            row = self._row(item.path.name, status, detail, n_faces, face, voice, item.voice_status)
             if details:
-                row["details"] = self._details(item.path, item.faces, frame_logits)
+                row["details"] = self._details(item.path, item.faces, frame_logits, item.voice, window)
         except Exception as err:
             return self._error_row(item.path, err, details)
         return row
 
+    def _voice_clip(self, window: np.ndarray) -> float:
+        """The clip's voice logit from its windows' (NaN without any)."""
+        if not len(window):
+            return float("nan")
+        from dfdc.audio.model import clip_logit
+
+        return float(clip_logit(window, self.calibration.aggregation))
+
     # ------------------------------------------------------------- rows
 
-    def _row(self, name: str, status: str, detail: str, n_faces: int, logit: float) -> dict[str, Any]:
-        """A submission row: a NaN logit (no usable face) gets the calibrated fallback."""
+    def _row(
+        self,
+        name: str,
+        status: str,
+        detail: str,
+        n_faces: int,
+        face: float,
+        voice: float = float("nan"),
+        voice_status: str = "off",
+    ) -> dict[str, Any]:
+        """A submission row: the branches fused, calibrated; a NaN fused logit gets the fallback."""
+        logit = float(self.calibration.fused(face, voice))
         return {
             "filename": name,
             "label": float(self.calibration.probability(np.array([logit]))[0]),
@@ -217,6 +299,9 @@ class Scorer:
             "detail": detail,
             "n_faces": n_faces,
             "logit": logit,
+            "face_logit": float(face),
+            "voice_logit": float(voice),
+            "voice_status": voice_status,
         }
 
     def refused_row(self, name: str, why: str, details: bool) -> dict[str, Any]:
@@ -236,10 +321,16 @@ class Scorer:
             row["details"] = dict(NO_DETAILS)
         return row
 
-    def _details(self, path: Path, faces: Any, frame_logits: np.ndarray) -> dict[str, Any]:
-        """Per person, the calibrated score of each frame with its time code (frame / fps)."""
+    def _details(
+        self, path: Path, faces: Any, frame_logits: np.ndarray, voice: Any = None, window: Any = None
+    ) -> dict[str, Any]:
+        """Per person, each frame's calibrated score and time code; per audio window, the voice's.
+
+        A window's start and end are seconds in the file (the trimmed silence before it counted).
+        """
+        spoken = self._voice_details(voice, window)
         if faces is None or not len(frame_logits):
-            return dict(NO_DETAILS)
+            return {**NO_DETAILS, "voice": spoken}
         fps = _video_fps(path)
         persons = np.asarray(faces.persons)  # the tracked identity of each crop
         cal = self.calibration
@@ -257,7 +348,11 @@ class Scorer:
                     "detector_prob": float(dp),
                 }
                 for frame, z, p, box, dp in zip(
-                    faces.frames[mask], frame_logits[mask], probs[mask], faces.boxes[mask], faces.probs[mask],
+                    faces.frames[mask],
+                    frame_logits[mask],
+                    probs[mask],
+                    faces.boxes[mask],
+                    faces.probs[mask],
                     strict=True,
                 )
             ]
@@ -269,7 +364,20 @@ class Scorer:
                 "n_frames": len(frames),
                 "frames": frames,
             })  # fmt: skip
-        return {"fps": fps or None, "persons": out}
+        return {"fps": fps or None, "persons": out, "voice": spoken}
+
+    def _voice_details(self, voice: Any, window: np.ndarray | None) -> list[dict[str, float]] | None:
+        """Each audio window's score, the voice branch alone and calibrated (None: no voice branch/audio)."""
+        if voice is None or window is None or not len(window):
+            return None
+        cal = self.calibration
+        probs = cal.probability(cal.fused(np.full(len(window), np.nan), window.astype(float)))
+        length = self.protocol.voice.window_s if self.protocol.voice is not None else 0.0
+        starts = np.asarray(voice.start_s, dtype=float) + voice.trim_start_s  # seconds in the file
+        return [
+            {"start": round(a, 3), "end": round(a + length, 3), "logit": float(z), "label": float(p)}
+            for a, z, p in zip(starts.tolist(), window, probs, strict=True)
+        ]
 
 
 def table(rows: list[dict[str, Any]], details: bool) -> pd.DataFrame:

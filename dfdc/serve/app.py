@@ -58,8 +58,9 @@ class Gate:
     async def admit(self) -> AsyncIterator[None]:
         """Count a request in for its whole life, or refuse it with 503 when all places are taken."""
         if self.admitted >= self.capacity:
-            raise ServeError(503, "busy", f"{self.admitted} videos are being scored or waiting; "
-                                          "try again in a minute")
+            raise ServeError(
+                503, "busy", f"{self.admitted} videos are being scored or waiting; try again in a minute"
+            )
         self.admitted += 1
         try:
             yield
@@ -91,7 +92,7 @@ def create_app(
     """
     cfg = cfg or ServeConfig()
     bundle = bundle or load_bundle(bundle_dir)
-    scorer = Scorer(bundle.model, bundle.protocol, run)
+    scorer = bundle.scorer(run)
     info = model_info(bundle_dir, bundle)
 
     @asynccontextmanager

@@ -177,7 +177,7 @@ def test_an_unexpected_exception_on_one_video_gives_it_an_error_row_and_the_rest
     assert row["detail"] == "RuntimeError: codec exploded at frame 3"  # type and message, one line
     assert row["label"] == pytest.approx(CAL.fallback)
     assert row["n_faces"] == 0 and np.isnan(row["logit"])
-    assert row["details"] == {"fps": None, "persons": []}
+    assert row["details"] == {"fps": None, "persons": [], "voice": None}  # voice: no voice branch
     assert any(victim in r.getMessage() and "codec exploded" in r.getMessage() for r in caplog.records)
     before = scores.set_index("filename")
     for path in good[1:]:
@@ -332,7 +332,7 @@ def test_details_give_every_frame_of_every_person_with_time_codes(
         assert person["label"] == pytest.approx(expected, rel=1e-5)
     assert missing == {
         "filename": "missingvid.mp4", "label": pytest.approx(CAL.fallback), "status": "missing",
-        "detail": "", "fps": None, "persons": [],
+        "detail": "", "fps": None, "persons": [], "voice": None,
     }  # fmt: skip
 
 

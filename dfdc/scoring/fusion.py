@@ -1,0 +1,123 @@
+"""Face and voice logits into one video logit, before calibration.
+
+DFDC labels a video FAKE when its face, its voice or both were manipulated, so the video's
+score must rise when either branch sees a manipulation. The methods, chosen in params
+(``calibrate.fusion``) and all compared by evaluation:
+
+- ``face`` / ``voice``: one branch alone (the ablations; ``face`` is the detector before
+  the voice branch);
+- ``rule``: trust whichever branch is more confident that the video is fake (the larger
+  logit), the DFDC seeds' rule;
+- ``noisy_or``: FAKE unless both branches say untouched, ``1 - (1 - p_face)(1 - p_voice)``;
+- ``logreg``: ``w_face * face + w_voice * voice`` with non-negative weights fitted by log
+  loss on the calib subset (with a Gaussian prior, so a small subset cannot run away).
+
+A branch with nothing to say (no face, no audio or a silent track) drops out: the video is
+scored by the other branch alone; with neither, the fused logit is NaN and calibration's
+fallback answers. Calibration (temperature and shift) is fitted afterwards on the fused
+logit, so fusion decides the direction and calibration the scale; ``logreg``'s intercept is
+left to that shift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit
+
+METHODS = ("face", "voice", "rule", "noisy_or", "logreg")
+_EPS = 1e-7
+
+
+def _softplus(z: np.ndarray) -> np.ndarray:
+    """log(1 + e^z), stable for large |z|."""
+    return np.logaddexp(0.0, z)
+
+
+def noisy_or(face: np.ndarray, voice: np.ndarray) -> np.ndarray:
+    """logit(1 - (1 - σ(face))(1 - σ(voice))); a NaN branch counts as σ = 0 (the other alone)."""
+    log_untouched = -np.nan_to_num(_softplus(face), nan=0.0) - np.nan_to_num(_softplus(voice), nan=0.0)
+    log_untouched = np.minimum(log_untouched, -_EPS)  # both certain "untouched": stay finite
+    out = np.log(-np.expm1(log_untouched)) - log_untouched
+    return np.where(np.isnan(face) & np.isnan(voice), np.nan, out)
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """A fitted fusion: the method and, for ``logreg``, its two weights."""
+
+    method: str = "face"
+    weights: tuple[float, float] = (1.0, 1.0)  # logreg: (face, voice)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"fusion method {self.method!r} is not one of {METHODS}")
+
+    @property
+    def uses_voice(self) -> bool:
+        """Whether the voice branch takes part (its model must then travel with the face model)."""
+        return self.method != "face"
+
+    @property
+    def uses_face(self) -> bool:
+        """Whether the face branch takes part."""
+        return self.method != "voice"
+
+    def logit(self, face: np.ndarray | float, voice: np.ndarray | float) -> np.ndarray:
+        """The fused logit of each video; NaN where no branch the method uses has a score."""
+        f = np.asarray(face, dtype=float)
+        v = np.asarray(voice, dtype=float)
+        if self.method == "face":
+            return f.copy()
+        if self.method == "voice":
+            return v.copy()
+        if self.method == "rule":
+            return np.fmax(f, v)  # the more confident of "fake"; NaN only when both are
+        if self.method == "noisy_or":
+            return noisy_or(f, v)
+        wf, wv = self.weights
+        out = wf * np.nan_to_num(f, nan=0.0) + wv * np.nan_to_num(v, nan=0.0)
+        return np.where(np.isnan(f) & np.isnan(v), np.nan, out)
+
+    def to_json(self) -> dict[str, Any]:
+        """As saved in the calibration record and the bundle's protocol."""
+        return {"method": self.method, "weights": list(self.weights)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> Fusion:
+        """Read ``to_json``; a record from before fusion (``None``) is the face branch alone."""
+        if raw is None:
+            return cls()
+        return cls(str(raw["method"]), tuple(float(w) for w in raw.get("weights", (1.0, 1.0))))  # type: ignore[arg-type]
+
+
+def fit_fusion(
+    method: str, face: np.ndarray, voice: np.ndarray, labels: np.ndarray, weight_sd: float = 2.0
+) -> Fusion:
+    """The fusion ``method`` fitted on the calib videos (only ``logreg`` has anything to fit).
+
+    ``logreg``: non-negative weights and an intercept minimising log loss, with w ~ N(1, weight_sd²)
+    per weight (a prior that fades as videos accumulate); a missing branch adds nothing, as
+    in ``Fusion.logit``. Too few videos, or one class only, keep the weights at 1.
+    """
+    if method != "logreg":
+        return Fusion(method)
+    f = np.nan_to_num(np.asarray(face, dtype=float), nan=0.0)
+    v = np.nan_to_num(np.asarray(voice, dtype=float), nan=0.0)
+    y = np.asarray(labels, dtype=float)
+    if len(y) < 4 or len(np.unique(y)) < 2:
+        return Fusion(method)
+    penalty = 1.0 / (2 * weight_sd**2 * len(y))
+
+    def objective(x: np.ndarray) -> float:
+        p = np.clip(expit(x[0] * f + x[1] * v + x[2]), _EPS, 1 - _EPS)
+        nll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+        return float(nll + penalty * ((x[0] - 1) ** 2 + (x[1] - 1) ** 2))
+
+    bounds = [(0.0, 20.0), (0.0, 20.0), (-20.0, 20.0)]
+    res = minimize(objective, np.array([1.0, 1.0, 0.0]), method="L-BFGS-B", bounds=bounds)
+    return Fusion(method, (float(res.x[0]), float(res.x[1])))
