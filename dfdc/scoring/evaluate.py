@@ -3,8 +3,9 @@
 Every figure (log loss, AUC, average precision, accuracy at 0.5, Brier score, expected
 calibration error, precision at fixed recall) is also computed for the constant answer
 ``prior``, so a number is never read without the bar it has to clear. Reports cut the test
-videos by chunk, by manipulation kind (when known) and by aggregation strategy, before and
-after calibration, and flatten to ``group.metric`` keys for ``dvc metrics diff``.
+videos by chunk, by manipulation kind and modality (when known), by aggregation strategy and
+by fusion method (each branch alone among them), before and after calibration, and flatten
+to ``group.metric`` keys for ``dvc metrics diff``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sklearn.metrics import (
 from dfdc.config import AggregateConfig
 from dfdc.scoring.aggregate import STRATEGIES, as_config
 from dfdc.scoring.calibrate import Calibration, calibrate_videos, uncalibrated
+from dfdc.scoring.fusion import METHODS
 
 SCORES = ("logloss", "auc", "ap", "accuracy", "brier", "ece")  # then precision_at_recall_<r>
 
@@ -189,15 +191,20 @@ def evaluate_test(
     prior_sd: float | None = None,
     faces: pd.DataFrame | None = None,
     bias_prior_sd: float = 0.0,
+    fusion_weight_sd: float = 2.0,
 ) -> Evaluation:
     """Metrics on the test subset of ``videos`` (``filename``, ``chunk``, ``subset``, ``y``, ``logit``).
 
     Groups: the whole test subset; ``by_chunk.<chunk>``; ``by_kind.<kind>`` (that kind's
     fakes with all real test videos, when ``kinds`` names them); ``by_face.<face>`` (fakes
     whose faces ``changed``, stayed ``untouched`` or had no ``original_missing`` to compare
-    with, from ``faces``: ``chunk``, ``filename``, ``face``; with all reals); ``by_aggregation.<s>``
-    for every strategy, each with its own temperature fitted on the calib subset from
-    the same ``frames`` (with the priors ``prior_sd`` and ``bias_prior_sd``, as calibration does).
+    with, from ``faces``: ``chunk``, ``filename``, ``face``; with all reals); ``by_modality.<m>``
+    (``face``, ``voice`` or ``both`` fakes with all reals, when ``kinds`` has a ``modality``
+    column); ``by_aggregation.<s>`` for every strategy, each with its own temperature fitted on
+    the calib subset from the same ``frames`` (with the priors ``prior_sd`` and ``bias_prior_sd``,
+    as calibration does); with voice logits (``videos["voice_logit"]``), ``by_fusion.<method>``
+    for every fusion method (``face`` and ``voice``: each branch alone), each fitted and
+    calibrated on the calib subset, and cut by modality as ``by_fusion.<method>.<m>``.
     """
     is_test = (videos["subset"] == "test").to_numpy()
     test = videos[is_test].copy()
@@ -214,18 +221,28 @@ def evaluate_test(
     for chunk in sorted(test["chunk"].unique()):
         groups[f"by_chunk.{chunk}"] = block(test["chunk"] == chunk, logits, cal)
     real = (test["y"] == 0).to_numpy()
-    for column, table in (("kind", kinds), ("face", faces)):
-        if table is None or not len(table):
+    for column, table in (("kind", kinds), ("modality", kinds), ("face", faces)):
+        if table is None or not len(table) or column not in table:
             continue
         known = table[["chunk", "filename", column]].drop_duplicates(["chunk", "filename"])
         test[column] = test.merge(known, on=["chunk", "filename"], how="left")[column].to_numpy()
         for name in sorted(k for k in test.loc[~real, column].dropna().unique()):
             groups[f"by_{column}.{name}"] = block(real | (test[column] == name).to_numpy(), logits, cal)
     chosen = as_config(cal.aggregation)
+    fusion = cal.fusion_rule.method
+    fit = (prior_sd, bias_prior_sd)
     for strategy in STRATEGIES:
         cfg: AggregateConfig = chosen.model_copy(update={"strategy": strategy})
-        c, z = calibrate_videos(frames, videos, cfg, *clip, prior_sd, bias_prior_sd)
+        c, z = calibrate_videos(frames, videos, cfg, *clip, *fit, fusion, fusion_weight_sd)
         groups[f"by_aggregation.{strategy}"] = block(everyone, z.to_numpy()[is_test], c)
+    has_voice = "voice_logit" in videos and bool(videos["voice_logit"].notna().any())
+    modalities = sorted(test.loc[~real, "modality"].dropna().unique()) if "modality" in test else []
+    for method in METHODS if has_voice else ():
+        c, z = calibrate_videos(frames, videos, chosen, *clip, *fit, method, fusion_weight_sd)
+        zt = z.to_numpy()[is_test]
+        groups[f"by_fusion.{method}"] = block(everyone, zt, c)
+        for m in modalities:
+            groups[f"by_fusion.{method}.{m}"] = block(real | (test["modality"] == m).to_numpy(), zt, c)
     return Evaluation(groups, test)
 
 

@@ -40,7 +40,8 @@ def _softplus(z: np.ndarray) -> np.ndarray:
 
 def noisy_or(face: np.ndarray, voice: np.ndarray) -> np.ndarray:
     """logit(1 - (1 - σ(face))(1 - σ(voice))); a NaN branch counts as σ = 0 (the other alone)."""
-    log_untouched = -np.nan_to_num(_softplus(face), nan=0.0) - np.nan_to_num(_softplus(voice), nan=0.0)
+    f, v = (np.where(np.isnan(z), -np.inf, z) for z in (face, voice))  # σ(-inf) = 0: no say
+    log_untouched = -_softplus(f) - _softplus(v)
     log_untouched = np.minimum(log_untouched, -_EPS)  # both certain "untouched": stay finite
     out = np.log(-np.expm1(log_untouched)) - log_untouched
     return np.where(np.isnan(face) & np.isnan(voice), np.nan, out)
