@@ -1,4 +1,4 @@
-"""Stage `calibrate`: score held-out crops, aggregate per video, fit temperature on the calib subset only."""
+"""Stage `calibrate`: score held-out crops, aggregate per video, fuse with the voice, fit on calib only."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dfdc.data.metadata import labels_to_int
 from dfdc.faces.store import read_index
 from dfdc.model.backbone import Checkpoint
 from dfdc.release.registry import connect, log_metrics
-from dfdc.scoring.calibrate import Calibration, calibrate_videos, frame_scores
+from dfdc.scoring.calibrate import Calibration, calibrate_videos, face_logits, frame_scores
 from dfdc.scoring.scorer import Scorer
 
 
@@ -31,28 +31,43 @@ def score_held_out(params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frames.merge(keys, on="video", how="left"), videos
 
 
+@task
+def voice_logits(params: Params, videos: pd.DataFrame) -> pd.DataFrame:
+    """``videos`` with the voice stage's ``voice_logit`` and ``voice_status`` (NaN: no usable audio)."""
+    scores = pd.read_parquet(params.voice.scores, columns=["chunk", "video", "voice_logit", "voice_status"])
+    scores = scores.rename(columns={"video": "filename"})
+    return videos.merge(scores, on=["chunk", "filename"], how="left", validate="one_to_one")
+
+
 @flow(name="calibrate")
 def calibrate_flow(params_path: str = "params.yaml") -> Calibration:
     """Write ``data.frame_scores``, ``data.scores`` and ``calibrate.output``; never fits on test."""
     params = load_params(params_path)
     frames, videos = score_held_out(params)
     c = params.calibrate
+    if c.fusion != "face":
+        videos = voice_logits(params, videos)
     cal, logits = calibrate_videos(
-        frames, videos, params.aggregate, c.clip_min, c.clip_max, c.temperature_prior_sd, c.bias_prior_sd
-    )
+        frames, videos, params.aggregate, c.clip_min, c.clip_max, c.temperature_prior_sd, c.bias_prior_sd,
+        c.fusion, c.fusion_weight_sd,
+    )  # fmt: skip
     n_crops = frames.groupby("video").size().reindex(videos["filename"]).fillna(0).astype(int)
-    videos = videos.assign(logit=logits.to_numpy(), n_crops=n_crops.to_numpy())
+    face = face_logits(frames, videos, params.aggregate).to_numpy()
+    videos = videos.assign(logit=logits.to_numpy(), face_logit=face, n_crops=n_crops.to_numpy())
     for path, table in ((params.data.frame_scores, frames), (params.data.scores, videos)):
         path.parent.mkdir(parents=True, exist_ok=True)
         table.to_parquet(path, index=False)
     cal.save(params.calibrate.output)
     run_id = json.loads(params.train.run_file.read_text())["run_id"]
     connect(params.registry)
-    log_metrics(run_id, {"temperature": cal.temperature, "fallback_prior": cal.fallback})
+    w_face, w_voice = cal.fusion_rule.weights
+    weights = {"fusion_w_face": w_face, "fusion_w_voice": w_voice} if c.fusion == "logreg" else {}
+    log_metrics(run_id, {"temperature": cal.temperature, "fallback_prior": cal.fallback, **weights})
     calib = videos[videos["subset"] == "calib"]
-    n_no_face = int(np.isnan(calib["logit"]).sum())
+    n_no_face = int(np.isnan(calib["face_logit"]).sum())
+    n_no_voice = int(calib["voice_logit"].isna().sum()) if "voice_logit" in calib else len(calib)
     print(
-        f"aggregation {params.aggregate.strategy}: temperature {cal.temperature:.3f} "
-        f"on {len(calib)} videos ({n_no_face} without a face)"
+        f"aggregation {params.aggregate.strategy}, fusion {c.fusion}: temperature {cal.temperature:.3f} "
+        f"on {len(calib)} videos ({n_no_face} without a face, {n_no_voice} without usable audio)"
     )
     return cal

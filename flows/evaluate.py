@@ -32,7 +32,7 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict[str, float]:
     faces = faces.rename(columns={"video": "filename"})
     evaluation = evaluate_test(
         videos, frames, cal, clip, kinds, cfg.ece_bins, cfg.recall_levels, prior_sd, faces=faces,
-        bias_prior_sd=params.calibrate.bias_prior_sd,
+        bias_prior_sd=params.calibrate.bias_prior_sd, fusion_weight_sd=params.calibrate.fusion_weight_sd,
     )  # fmt: skip
     metrics = {**summary_keys(evaluation.groups), **evaluation.flat("test")}
     cfg.metrics.parent.mkdir(parents=True, exist_ok=True)

@@ -59,16 +59,31 @@ def _test_split(params: Params) -> pd.DataFrame:
 
 
 TAGGED_METRICS = ("logloss", "auc", "ece", "accuracy", "prior_logloss")
+# Each branch alone and the fused model by modality, tagged as <key>: e.g. face_logloss, voice_auc_voice.
+BRANCH_METRICS = {
+    "face_logloss": "test.by_fusion.face.logloss",
+    "voice_logloss": "test.by_fusion.voice.logloss",
+    "face_auc_voice": "test.by_fusion.face.voice.auc",
+    "auc_voice": "test.by_modality.voice.auc",
+    "auc_face": "test.by_modality.face.auc",
+    "auc_both": "test.by_modality.both.auc",
+}
 
 
 def _training_params(params: Params) -> dict[str, str]:
     """The recipe that made the weights, for the model card (paths left out)."""
-    recipe = {"model": params.model.model_dump(mode="json"), "train": params.train.model_dump(mode="json")}
+    recipe = {
+        "model": params.model.model_dump(mode="json"),
+        "train": params.train.model_dump(mode="json"),
+        "calibrate": {"fusion": params.calibrate.fusion},
+    }
+    if params.calibrate.fusion != "face":
+        recipe["voice"] = params.voice.model_dump(mode="json")
     return {
         f"{section}.{key}": str(value)
         for section, values in recipe.items()
         for key, value in values.items()
-        if key not in {"checkpoint", "run_file", "weights_path"}
+        if key not in {"checkpoint", "run_file", "weights_path", "features_dir", "scores"}
     }
 
 
@@ -99,11 +114,19 @@ def promote_flow(params_path: str = "params.yaml") -> Decision:
     test = _test_split(params)
     fingerprint = eval_fingerprint(test)
     provenance = {**run, "eval_fingerprint": fingerprint}
+    calibration = Calibration.load(params.calibrate.output)
+    voice = None
+    if calibration.fusion_rule.uses_voice:
+        from dfdc.audio.model import VoiceCheckpoint
+
+        voice = VoiceCheckpoint.load(params.voice.checkpoint)
     bundle_dir = build_bundle(
-        Checkpoint.load(params.train.checkpoint), Calibration.load(params.calibrate.output),
-        headline, params.registry.bundle_dir, provenance, training=_training_params(params),
+        Checkpoint.load(params.train.checkpoint), calibration, headline, params.registry.bundle_dir,
+        provenance, training=_training_params(params), voice=voice,
     )  # fmt: skip
     tags = {k: str(metrics[k]) for k in TAGGED_METRICS if k in metrics}
+    tags.update({tag: str(metrics[key]) for tag, key in BRANCH_METRICS.items() if key in metrics})
+    tags["fusion"] = calibration.fusion_rule.method
     tags.update(provenance)
     version = register_bundle(params.registry, run["run_id"], bundle_dir, tags)
     decision = promote(params.registry, version, metrics["logloss"], rescorer(params, test))

@@ -246,6 +246,28 @@ def _rebuild(bundle_dir: Path) -> Bundle:
     return Bundle(model=model.eval(), protocol=protocol, metrics=raw["metrics"], voice_model=voice_model)
 
 
+def _voice_card(protocol: dict) -> str:
+    """The voice branch and the fusion, for the model card ("" for a face-only bundle)."""
+    fusion, voice = protocol.get("fusion"), protocol.get("voice")
+    if fusion is None or voice is None:
+        return ""
+    weights = fusion.get("weights", [1.0, 1.0])
+    how = {
+        "rule": "the larger of the two logits (the branch more confident that the video is fake)",
+        "noisy_or": "noisy-OR: fake unless both branches say untouched",
+        "logreg": f"{weights[0]:.3f} x face + {weights[1]:.3f} x voice (fitted on the calib subset)",
+        "voice": "the voice logit alone",
+    }[fusion["method"]]
+    return f"""
+**Voice branch.** The audio track is decoded to mono at {voice["sample_rate"]} Hz, its leading and
+trailing silence trimmed, cut into {voice["window_s"]} s log-mel windows ({voice["n_mels"]} bands)
+every {voice["window_hop_s"]} s and scored by a small LCNN-style CNN (`voice.safetensors`); the
+face and voice logits are fused as {how} before the temperature and shift. A video
+without usable audio (no track, empty, silent, undecodable) is scored by its face alone, one
+without a face by its voice alone; with neither it gets the fallback.
+"""
+
+
 def _model_card(protocol: dict) -> str:
     metrics = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(protocol["metrics"].items()))
     provenance = "\n".join(f"- {k}: {v}" for k, v in sorted(protocol["provenance"].items()))
@@ -262,7 +284,7 @@ temperature {protocol["calibration"]["temperature"]:.3f}, shifted by
 the classes), clipped to
 [{protocol["calibration"]["clip_min"]}, {protocol["calibration"]["clip_max"]}]. A video with no
 usable face gets {protocol["calibration"]["fallback"]:.3f}.
-
+{_voice_card(protocol)}
 ## Held-out metrics (video level)
 
 | metric | value |
