@@ -109,7 +109,7 @@ class LabelsConfig(Strict):
     audio_threshold: float = Field(1.5, gt=0)
     use: Literal["crop", "video"] = "crop"  # what the face model learns; "video": DFDC's label (ablation)
     untouched: Literal["real", "drop"] = "real"  # fakes whose faces are all untouched: REAL, or left out
-    out_dir: Path = Path("data/labels")  # one parquet per chunk
+    out_dir: Path = Path("data/labels")  # per chunk: <chunk>.parquet (crops), <chunk>.audio.parquet
     summary: Path = Path("reports/labels.json")
     workers: int = Field(2, ge=1)  # threads comparing fake families
 
