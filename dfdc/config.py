@@ -104,9 +104,12 @@ class LabelsConfig(Strict):
     # grey levels, the mean of the largest tenth of the face box's blurred pixel differences
     diff_threshold: float = Field(10.0, gt=0)
     min_iou: float = Field(0.5, gt=0, le=1)  # a fake's face matches the original's face it overlaps
+    # a fake's voice counts as changed when its track differs from the original's by more than this:
+    # dB, the largest mean absolute log-mel difference over 0.5 s segments (dfdc.data.audio_labels)
+    audio_threshold: float = Field(1.5, gt=0)
     use: Literal["crop", "video"] = "crop"  # what the face model learns; "video": DFDC's label (ablation)
     untouched: Literal["real", "drop"] = "real"  # fakes whose faces are all untouched: REAL, or left out
-    out_dir: Path = Path("data/labels")  # one parquet per chunk
+    out_dir: Path = Path("data/labels")  # per chunk: <chunk>.parquet (crops), <chunk>.audio.parquet
     summary: Path = Path("reports/labels.json")
     workers: int = Field(2, ge=1)  # threads comparing fake families
 

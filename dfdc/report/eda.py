@@ -340,8 +340,8 @@ th{background:#f2f2f2}h2{border-bottom:1px solid #ddd;margin-top:2em}img{max-wid
 """
 
 
-def labels_table(labels: pd.DataFrame | None) -> pd.DataFrame:
-    """Fakes per chunk by what their faces show: changed, untouched (voice-only?), no original."""
+def labels_table(labels: pd.DataFrame | None, audio_labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Fakes per chunk by what their faces show (changed, untouched: voice-only?, no original) and voices."""
     if labels is None or not len(labels):
         return pd.DataFrame()
     from dfdc.data.labels import video_face_labels
@@ -350,7 +350,14 @@ def labels_table(labels: pd.DataFrame | None) -> pd.DataFrame:
     table = faces.groupby(["chunk", "face"]).size().unstack(fill_value=0).reset_index()
     crops = labels[labels["label_source"] != "real"].groupby("chunk")["crop_label"]
     share = crops.apply(lambda s: round(float((s == "FAKE").mean()), 3)).rename("fake crops share")
-    return table.merge(share.reset_index(), on="chunk", how="left")
+    table = table.merge(share.reset_index(), on="chunk", how="left")
+    if audio_labels is None or not len(audio_labels):
+        return table
+    fakes = audio_labels[audio_labels["audio_status"] != "real"]
+    voice = fakes["audio_changed"].astype("boolean").map({True: "voice changed", False: "voice unchanged"})
+    voices = fakes.assign(voice=voice.fillna("voice not compared").astype(str))
+    counts = voices.groupby(["chunk", "voice"]).size().unstack(fill_value=0).reset_index()
+    return table.merge(counts, on="chunk", how="left")
 
 
 def _table(frame: pd.DataFrame, empty: str) -> str:
@@ -370,8 +377,9 @@ def build_report(
     cfg: ReportConfig,
     extract_cfg: ExtractConfig,
     labels: pd.DataFrame | None = None,
+    audio_labels: pd.DataFrame | None = None,
 ) -> str:
-    """The whole report as one HTML string (figures embedded); ``labels`` from the labels stage."""
+    """The whole report as one HTML string (figures embedded); both labels tables from the labels stage."""
     inv = inventory(chunk_dirs)
     meta = inv.meta
     rng = np.random.default_rng(cfg.seed)
@@ -403,10 +411,13 @@ def build_report(
         lambda: crop_pairs(faces_dir, meta, cfg), "no face index with crops of a fake and its original"
     )
     no_labels = "no labels yet (the labels stage runs after extraction)"
-    parts["labels"] = _table(labels_table(labels), no_labels) + (
+    parts["labels"] = _table(labels_table(labels, audio_labels), no_labels) + (
         '<p class="note">Each crop of a fake is compared with its original\'s crop at the same frame. '
         "Faces that do not differ are labelled REAL for the face model; a fake whose faces all match "
-        "is <em>untouched</em> (a candidate voice-only fake). The video label stays as DFDC gives it.</p>"
+        "is <em>untouched</em> (a candidate voice-only fake). Each fake's sound track is compared with "
+        "its original's: <em>voice changed</em> when they differ by more than labels.audio_threshold; "
+        "<em>not compared</em> when a track is missing or unreadable. The video label stays as DFDC "
+        "gives it.</p>"
     )
     figure, rates = detector_comparison(meta, cfg, extract_cfg, rng)
     parts["detectors"] = (
@@ -419,9 +430,9 @@ def build_report(
     chunks = ", ".join(html.escape(Path(c).name) for c in chunk_dirs)
     sections = "\n".join(_section(anchor, parts[anchor]) for anchor, _ in SECTIONS)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>dfdc exploratory report</title><style>{_CSS}</style></head><body>\n"
-        f"<h1>dfdc exploratory report</h1>\n<p class=\"note\">{len(meta)} listed videos in "
+        f'<h1>dfdc exploratory report</h1>\n<p class="note">{len(meta)} listed videos in '
         f"{len(chunk_dirs)} chunk(s): {chunks}. Sampled with seed {cfg.seed}.</p>\n<nav>{nav}</nav>\n"
         f"{sections}\n</body></html>\n"
     )
