@@ -112,7 +112,7 @@ _X264_OPTIONS = {"preset": "veryfast", "x264-params": "mbtree=0"}
 
 @dataclass(frozen=True)
 class DemoSpec:
-    """Size and shape of a demo dataset; the defaults generate in under a minute on 2 cores.
+    """Size and shape of a demo dataset; the defaults generate in about a minute and a half on 2 cores.
 
     48 originals (192 labelled videos) leave about 28 videos to fit the temperature and 40
     to test on: with half that, one odd calib video decided whether calibration helped.
