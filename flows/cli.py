@@ -51,7 +51,7 @@ def demo_data(
     seed: int = _DEMO.seed,
     kinds: Annotated[
         str, typer.Option(help=f"manipulation kinds, comma-separated, of {', '.join(ALL_KINDS)} "
-                                    "(voice: frames copied, audio changed)")
+                                    "(voice*: frames copied, audio changed; swap_voice: both)")
     ] = ",".join(_DEMO.kinds),
     pair_share: Annotated[float, typer.Option(help="share of scenes showing two people")] = _DEMO.pair_share,
     force: Annotated[bool, typer.Option(help="rewrite even if OUT already holds data")] = False,

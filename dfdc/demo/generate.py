@@ -8,17 +8,18 @@ original's exact render with only the face region manipulated, so a detector can
 learn from the face, as on the real data. Everything is seeded, so a spec is a dataset.
 
 Three identities (scikit-image's astronaut and camera, matplotlib's Grace Hopper), each
-in many scenes, and five face manipulation kinds make leave-one-identity-out and
+in many scenes, and nine manipulation kinds make leave-one-identity-out and
 leave-one-manipulation-out protocols possible on the default dataset; the manifest names
-each video's people and, for a swap, the identity swapped in (``donor``).
+each video's people and the identity a fake brings in (``donor``: a swap's face, a splice's voice).
 
 Every video speaks: each identity has its own synthetic voice (``dfdc.demo.speech``), the
-words come from the scene. Two variants, off by default so the default dataset's plan stays
-what it was, bring in what DFDC also has: voice fakes (``VOICE_KINDS`` in ``DemoSpec.kinds``:
-WORLD voice conversion, Griffin-Lim resynthesis, a spliced stretch of another voice), whose
-frames are the original's and whose audio alone is fake, and two-person scenes
-(``DemoSpec.pair_share``), whose face fakes manipulate one of the two faces. The manifest
-records which (``face_target``); a fake's ``kind`` says its manipulation and so its modality.
+words come from the scene. A kind manipulates the face, the voice or both (``MANIPULATIONS``,
+``modality_of``): five face kinds (``KINDS``), whose audio is the original's; three voice kinds
+(``VOICE_KINDS``: WORLD voice conversion, Griffin-Lim resynthesis, a spliced stretch of another
+voice), whose frames are the original's; and ``swap_voice``, a swap with a WORLD-converted
+voice. The default dataset has them all; the manifest's ``modality`` says which a fake is.
+Two-person scenes (``DemoSpec.pair_share``, off by default) have face fakes that manipulate one
+of the two faces; the manifest records which (``face_target``).
 """
 
 from __future__ import annotations
@@ -60,27 +61,38 @@ PAIRS: tuple[tuple[str, str], ...] = tuple(
     for shift in range(1, len(IDENTITIES))
     for k, a in enumerate(IDENTITIES)
 )
-# The default kinds, all face manipulations: swap (another identity's face), lowres (a
-# resampled face), colour (a hard-seamed colour mismatch), warp (the same face with its
-# mouth moved: identity kept, subtle), blend (the same face re-rendered and pasted back
-# through an offset, sharp-edged mask: a blending boundary only).
+# The face manipulations: swap (another identity's face), lowres (a resampled face), colour
+# (a hard-seamed colour mismatch), warp (the same face with its mouth moved: identity kept,
+# subtle), blend (the same face re-rendered and pasted back through an offset, sharp-edged
+# mask: a blending boundary only).
 KINDS: tuple[str, ...] = ("swap", "lowres", "colour", "warp", "blend")
 # Voice-only fakes: the original's frames, the audio manipulated (dfdc.demo.speech): "voice" is
 # WORLD voice conversion, "voice_gl" Griffin-Lim resynthesis, "voice_splice" a stretch in
 # another identity's voice.
 VOICE = "voice"
-ALL_KINDS: tuple[str, ...] = (*KINDS, *VOICE_KINDS)
+# Each kind: (face manipulation or None, voice manipulation or None). A kind of both draws
+# each manipulation's parameters from the fake's seed exactly as its one-modality kind does.
+MANIPULATIONS: dict[str, tuple[str | None, str | None]] = {
+    **{kind: (kind, None) for kind in KINDS},
+    **{kind: (None, kind) for kind in VOICE_KINDS},
+    "swap_voice": ("swap", VOICE),
+}
+ALL_KINDS: tuple[str, ...] = tuple(MANIPULATIONS)  # the default: every kind
+# What a video's manipulation touches: "real" (nothing), "face", "voice" or "both".
+MODALITIES: tuple[str, ...] = ("real", "face", "voice", "both")
 TEST_DIR = "test_videos"
 # identity: the rendered scene's people, left to right, joined by "+" ("camera+astronaut":
 #   camera on the left); a swap fake keeps its original's identity although it shows a donor.
-# donor: the identity whose face a swap fake shows in place of its target; empty otherwise.
-#   Leave-one-identity-out holds out the videos whose identity or donor names the person.
+# donor: the identity a fake brings in: whose face a swap shows in place of its target, whose
+#   voice a splice speaks (swap_voice: the face's); empty otherwise. Leave-one-identity-out
+#   holds out the videos whose identity or donor names the person.
 # people: how many people the scene shows (1 or 2).
-# face_target: the manipulated face: "none" (reals, voice fakes), "all" (one-person face
+# face_target: the manipulated face: "none" (reals, voice-only fakes), "all" (one-person face
 #   fakes), "left"/"right" (two-person face fakes: the face centred in that half of every frame).
+# modality: what the kind manipulates, one of MODALITIES (modality_of).
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "chunk", "filename", "label", "original", "kind", "identity", "seed", "people", "face_target",
-    "donor",
+    "donor", "modality",
 )
 
 _AUDIO_RATE = 44100
@@ -100,7 +112,7 @@ _X264_OPTIONS = {"preset": "veryfast", "x264-params": "mbtree=0"}
 
 @dataclass(frozen=True)
 class DemoSpec:
-    """Size and shape of a demo dataset; the defaults generate in under a minute on 2 cores.
+    """Size and shape of a demo dataset; the defaults generate in about a minute and a half on 2 cores.
 
     48 originals (192 labelled videos) leave about 28 videos to fit the temperature and 40
     to test on: with half that, one odd calib video decided whether calibration helped.
@@ -115,7 +127,7 @@ class DemoSpec:
     duration: float = 2.0  # seconds
     fps: int = 15
     seed: int = 0
-    kinds: tuple[str, ...] = KINDS  # fakes cycle through these (any of ALL_KINDS)
+    kinds: tuple[str, ...] = ALL_KINDS  # fakes cycle through these (any of ALL_KINDS)
     pair_share: float = 0.0  # share of each chunk's reals (and test reals) showing two people
 
     @property
@@ -142,7 +154,7 @@ class _Video:
     seed: int  # this video's own seed (render for reals, manipulation for fakes)
     render_seed: int  # seed of the real render this video is built on
     face_target: str = "none"  # manipulated face: none, all, left or right
-    donor: str = ""  # the identity a swap shows in place of its target face
+    donor: str = ""  # the identity a swap shows in place of its target face, a splice speaks in
 
     @property
     def identity(self) -> str:
@@ -162,6 +174,16 @@ class _Pose:
 
 
 # --------------------------------------------------------------------------- public API
+
+
+def modality_of(kind: str) -> str:
+    """What a video of ``kind`` has manipulated: one of :data:`MODALITIES` ("real" for a real)."""
+    if kind == "real":
+        return "real"
+    if kind not in MANIPULATIONS:
+        raise ValueError(f"unknown manipulation kind {kind!r}; expected one of {ALL_KINDS}")
+    face, voice = MANIPULATIONS[kind]
+    return "both" if face and voice else "face" if face else "voice"
 
 
 def generate_demo_data(out: Path, spec: DemoSpec = DemoSpec()) -> pd.DataFrame:
@@ -246,7 +268,7 @@ def _is_pair(i: int, share: float) -> bool:
 
 def _face_target(kind: str, people: int, seed: int) -> str:
     """The face a fake manipulates; of two people, one drawn from the fake's own seed."""
-    if kind in VOICE_KINDS:
+    if MANIPULATIONS[kind][0] is None:
         return "none"
     if people == 1:
         return "all"
@@ -254,11 +276,13 @@ def _face_target(kind: str, people: int, seed: int) -> str:
 
 
 def _donor(kind: str, people: tuple[str, ...], seed: int) -> str:
-    """A swap's donor: an identity not in the scene, drawn from the fake's own seed.
+    """Whose face a swap shows, or whose voice a splice speaks: drawn from the fake's seed.
 
-    Not the other person of a pair either, so a swap never shows one person twice.
+    An identity not in the scene, not the other person of a pair either, so a swap never shows
+    one person twice (nor a splice speaks in the other's voice). A kind of both takes one donor.
     """
-    if kind != "swap":
+    face, voice = MANIPULATIONS[kind]
+    if face != "swap" and voice != "voice_splice":
         return ""
     others = [i for i in IDENTITIES if i not in people]
     return others[_seed(seed, 0xD0D0) % len(others)]
@@ -277,6 +301,12 @@ def _plan(spec: DemoSpec) -> list[_Video]:
     index = iter(range(1 << 30))
     plan: list[_Video] = []
     kind_turn = 0
+    # Fakes take the kinds in turn. Where a round of identities would take whole rounds of
+    # kinds (9 kinds, 3 fakes per original, 3 identities), each identity would only ever
+    # meet the same few kinds; there the turn skips one kind after each round of kinds, so
+    # every identity meets every kind, each kind still as often as the others.
+    n_kinds, per_round = len(spec.kinds), spec.fakes_per_original * len(IDENTITIES)
+    skip = math.gcd(per_round, n_kinds) > spec.fakes_per_original
     single_turn = 0  # one-person reals take the identities in turn
     pair_turn = 0  # two-person reals take the pairs in turn
     previous_first_real: _Video | None = None
@@ -294,7 +324,8 @@ def _plan(spec: DemoSpec) -> list[_Video]:
 
     def fake(chunk: str, original: _Video) -> _Video:
         nonlocal kind_turn
-        kind = spec.kinds[kind_turn % len(spec.kinds)]
+        turn = kind_turn + (kind_turn // n_kinds if skip else 0)
+        kind = spec.kinds[turn % n_kinds]
         kind_turn += 1
         seed = _seed(spec.seed, next(index))
         return _Video(chunk, next(names), "FAKE", original.name, kind, original.people,
@@ -351,7 +382,8 @@ def _manifest(plan: list[_Video]) -> pd.DataFrame:
     """Ground truth for every video, including the test answers DFDC never published."""
     rows = [
         (v.chunk, v.name, v.label, v.original, v.kind, v.identity, v.seed, len(v.people),
-         v.face_target, v.donor or None)  # None, like a real's original: empty in the CSV
+         v.face_target, v.donor or None,  # None, like a real's original: empty in the CSV
+         modality_of(v.kind))
         for v in plan
     ]
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
@@ -833,31 +865,35 @@ def _face_edit(
     video: _Video, photos: dict[str, np.ndarray]
 ) -> tuple[_Manipulator, int] | None:
     """The manipulator of a face fake and the index of the face it edits; None otherwise."""
-    if video.face_target == "none":
+    manipulation = MANIPULATIONS.get(video.kind, (None, None))[0]
+    if manipulation is None or video.face_target == "none":
         return None
     face = 1 if video.face_target == "right" else 0
-    return _Manipulator(video.kind, video.seed, video.donor, photos), face
+    donor = video.donor if manipulation == "swap" else ""
+    return _Manipulator(manipulation, video.seed, donor, photos), face
 
 
 def _sound(video: _Video, n: int) -> np.ndarray:
     """The scene's speech (``n`` samples at _AUDIO_RATE), manipulated for a voice fake.
 
-    Reals and face fakes carry their original's speech unchanged; a voice fake's manipulation
-    draws its parameters from the fake's own seed and keeps the words and their timing.
+    Reals and face-only fakes carry their original's speech unchanged; a voice manipulation
+    draws its parameters from the fake's own seed (a splice's voice is the planned ``donor``)
+    and keeps the words and their timing.
     """
     speakers = tuple(profile_of(person) for person in video.people)
     speech = synthesize(speakers, video.render_seed, n, _AUDIO_RATE)
+    manipulation = MANIPULATIONS.get(video.kind, (None, None))[1]
     rng = np.random.default_rng([video.seed, 0xA0D10])
-    if video.kind == VOICE:
+    if manipulation == VOICE:
         semitones = float(rng.choice([-1, 1]) * rng.uniform(4.0, 7.0))
         return convert_world(speech, _AUDIO_RATE, semitones, warp=2 ** (semitones / 24))
-    if video.kind == "voice_gl":
+    if manipulation == "voice_gl":
         return griffin_lim(speech, _AUDIO_RATE, video.seed)
-    if video.kind == "voice_splice":
-        others = [i for i in IDENTITIES if i not in video.people]
-        donor = others[int(rng.integers(len(others)))]
-        other = synthesize((profile_of(donor),), video.render_seed, n, _AUDIO_RATE, turns=False)
+    if manipulation == "voice_splice":
+        other = synthesize((profile_of(video.donor),), video.render_seed, n, _AUDIO_RATE, turns=False)
         return splice(speech, other, rng.uniform(0.25, 0.4), rng.uniform(0.25, 0.35), _AUDIO_RATE)
+    if manipulation is not None:
+        raise ValueError(f"unknown voice manipulation {manipulation!r}")
     return speech
 
 

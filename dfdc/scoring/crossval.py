@@ -12,8 +12,13 @@ video of one identity, hidden from training, validation and calibration, and sco
 - ``iid``: nothing hidden, the test subset, on the same budget: the bar the others are read against.
 
 A fold keeps the pipeline's split otherwise (a family never straddles train and test), its
-calibration (the temperature fitted on the fold's calib videos) and its one scorer. The
-figures are :func:`dfdc.scoring.evaluate.video_metrics`' plus the mean P(FAKE) and the
+calibration (the temperature fitted on the fold's calib videos) and its one scorer.
+
+The protocols measure the face branch. A voice-only fake (manifest ``modality`` ``voice``)
+shows its original's faces, which the labels stage marks REAL: such fakes train like any
+video, but no fold validates, calibrates or tests on them (the face branch cannot see what
+makes them fake, so they would measure nothing), and no voice-only kind gets a ``lomo``
+fold. The figures are :func:`dfdc.scoring.evaluate.video_metrics`' plus the mean P(FAKE) and the
 false-positive rate at 0.5 of the real test videos: what an unseen face costs an innocent.
 """
 
@@ -31,6 +36,7 @@ import pandas as pd
 
 from dfdc.config import CrossvalConfig, Params
 from dfdc.data.metadata import labels_to_int
+from dfdc.demo.generate import MANIPULATIONS, modality_of
 from dfdc.faces.store import read_index
 from dfdc.model.dataset import load_subset
 from dfdc.scoring.calibrate import calibrate_videos, frame_scores, uncalibrated
@@ -41,7 +47,8 @@ PROTOCOLS = {
     "lomo": "leave one manipulation kind out",
     "loio": "leave one identity out",
 }
-MANIFEST_COLUMNS = ("chunk", "filename", "kind", "identity")  # donor: optional
+MANIFEST_COLUMNS = ("chunk", "filename", "kind", "identity")  # donor, modality: optional
+FACE_MODALITIES = ("face", "both")  # a fake of these shows its manipulation in the face
 FOLD_KEYS = (
     "logloss", "prior_logloss", "auc", "real_mean_p", "real_fpr", "fake_mean_p",
     "real_mean_p_uncalibrated", "temperature", "n_videos", "n_fake", "n_train_videos", "best_epoch",
@@ -54,7 +61,10 @@ class CrossvalError(ValueError):
 
 
 def read_manifest(path: Path | None) -> pd.DataFrame:
-    """Each video's manipulation ``kind``, scene ``identity`` (people joined by ``+``) and swap ``donor``.
+    """Each video's ``kind``, scene ``identity`` (people joined by ``+``), ``donor`` and ``modality``.
+
+    Without a ``modality`` column (an older manifest) it comes from the kind: the demo's kinds
+    have theirs (``dfdc.demo.generate.modality_of``), any other kind counts as a face one.
 
     Real DFDC's metadata names neither kinds nor people, so without such a file the
     protocols cannot be built: the error says so and points at chunk folds instead.
@@ -71,13 +81,27 @@ def read_manifest(path: Path | None) -> pd.DataFrame:
             f"{path}: no {', '.join(missing)} column; crossval needs kind and identity ({hint})"
         )
     donor = table["donor"] if "donor" in table.columns else pd.Series("", index=table.index)
-    return table[list(MANIFEST_COLUMNS)].assign(donor=donor.fillna("").astype(str))
+    if "modality" in table.columns:
+        modality = table["modality"].fillna("face").astype(str)
+    else:
+        modality = table["kind"].astype(str).map(_kind_modality)
+    return table[list(MANIFEST_COLUMNS)].assign(donor=donor.fillna("").astype(str), modality=modality)
+
+
+def _kind_modality(kind: str) -> str:
+    """A kind's modality: the demo's own for its kinds, ``face`` for any other."""
+    return modality_of(kind) if kind == "real" or kind in MANIPULATIONS else "face"
 
 
 def annotate(splits: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
-    """The split's videos with ``y``, ``kind``, ``identity`` and ``donor``; every one must be described."""
+    """The split's videos with ``y``, ``kind``, ``identity``, ``donor``, ``modality``; each must be described.
+
+    A manifest without ``modality`` (not from :func:`read_manifest`) counts every fake as a face one.
+    """
     keys = ["chunk", "filename"]
     known = manifest.drop_duplicates(keys)
+    if "modality" not in known.columns:
+        known = known.assign(modality="face")
     table = splits.merge(known, on=keys, how="left", validate="one_to_one")
     if n := int(table["kind"].isna().sum()):
         first = table.loc[table["kind"].isna(), "filename"].iloc[0]
@@ -103,7 +127,8 @@ class Fold:
 
     protocol: str  # lomo | loio
     held_out: str  # the kind or the identity
-    videos: pd.DataFrame  # chunk, filename, label, y, subset (train/val/calib/test), kind, identity, donor
+    # chunk, filename, label, y, subset (train/val/calib/test), kind, identity, donor, modality
+    videos: pd.DataFrame
 
     @property
     def key(self) -> str:
@@ -115,10 +140,19 @@ class Fold:
         return self.videos[self.videos["subset"] == name]
 
 
+def voice_only(table: pd.DataFrame) -> np.ndarray:
+    """Fakes whose faces are their original's: the face branch cannot tell them (``modality`` voice)."""
+    return ((table["y"] == 1) & (table["modality"] == "voice")).to_numpy()
+
+
 def _fold(protocol: str, name: str, table: pd.DataFrame, hidden: np.ndarray, test: np.ndarray) -> Fold:
-    """Train, val and calib keep the split's subsets minus ``hidden``; ``test`` becomes the test subset."""
+    """Train, val and calib keep the split's subsets minus ``hidden``; ``test`` becomes the test subset.
+
+    Voice-only fakes stay in train only (as REAL faces): val, calib and test leave them out.
+    """
     fitting = table["subset"].isin(["train", "val", "calib"]).to_numpy() & ~hidden
     subset = table["subset"].where(fitting, None).mask(test, "test")
+    subset = subset.mask(voice_only(table) & (subset != "train").to_numpy(), None)
     videos = table.assign(subset=subset)
     return Fold(protocol, name, videos[videos["subset"].notna()].reset_index(drop=True))
 
@@ -126,8 +160,10 @@ def _fold(protocol: str, name: str, table: pd.DataFrame, hidden: np.ndarray, tes
 def build_folds(splits: pd.DataFrame, manifest: pd.DataFrame, cfg: CrossvalConfig) -> list[Fold]:
     """Every fold of ``cfg.protocols`` over the split's labelled videos.
 
-    Videos touching an identity of ``cfg.exclude_identities`` take part in no fold. A fold
-    whose training would lack reals or fakes, or that has nothing to test, is an error.
+    ``lomo`` holds out each kind whose fakes change the face (``FACE_MODALITIES``); voice-only
+    fakes train in every fold and are tested in none. Videos touching an identity of
+    ``cfg.exclude_identities`` take part in no fold. A fold whose training would lack reals
+    or fakes, or that has nothing to test, is an error.
     """
     table = annotate(splits, manifest)
     for name in cfg.exclude_identities:
@@ -136,8 +172,9 @@ def build_folds(splits: pd.DataFrame, manifest: pd.DataFrame, cfg: CrossvalConfi
     if "iid" in cfg.protocols:
         nothing = np.zeros(len(table), dtype=bool)
         folds.append(_fold("iid", "none", table, nothing, (table["subset"] == "test").to_numpy()))
-    if "lomo" in cfg.protocols:
-        for kind in sorted(table.loc[table["y"] == 1, "kind"].unique()):
+    if "lomo" in cfg.protocols:  # the kinds the face branch can see
+        face_fakes = (table["y"] == 1) & table["modality"].isin(FACE_MODALITIES)
+        for kind in sorted(table.loc[face_fakes, "kind"].unique()):
             hidden = (table["kind"] == kind).to_numpy() & (table["y"] == 1).to_numpy()
             unseen_family = (table["subset"] != "train").to_numpy()
             test_reals = ((table["y"] == 0) & (table["subset"] == "test")).to_numpy()

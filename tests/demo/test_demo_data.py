@@ -16,7 +16,7 @@ from dfdc.demo.generate import IDENTITIES, KINDS, DemoSpec, generate_demo_data
 
 SPEC = DemoSpec(
     chunks=2, originals_per_chunk=2, fakes_per_original=3, test_videos=4,
-    width=160, height=120, duration=1.0, fps=10, seed=3,
+    width=160, height=120, duration=1.0, fps=10, seed=3, kinds=KINDS,  # the face kinds
 )
 NAME = re.compile(r"^[a-z]{10}\.mp4$")
 
@@ -99,7 +99,7 @@ def test_submission_and_answer_key(root: Path, manifest: pd.DataFrame) -> None:
 def test_manifest_matches_metadata(root: Path, manifest: pd.DataFrame) -> None:
     assert list(manifest.columns) == [
         "chunk", "filename", "label", "original", "kind", "identity", "seed", "people", "face_target",
-        "donor",
+        "donor", "modality",
     ]
     for chunk, recs in _metadata(root).items():
         rows = manifest[manifest["chunk"] == chunk].set_index("filename")
@@ -108,6 +108,7 @@ def test_manifest_matches_metadata(root: Path, manifest: pd.DataFrame) -> None:
             assert rows.loc[name, "label"] == rec["label"]
     assert set(manifest.loc[manifest["label"] == "FAKE", "kind"]) >= set(KINDS)
     assert (manifest.loc[manifest["label"] == "REAL", "kind"] == "real").all()
+    assert (manifest["modality"] == manifest["label"].map({"REAL": "real", "FAKE": "face"})).all()
     assert set(manifest["identity"]) == set(IDENTITIES) == {"astronaut", "camera", "hopper"}
     swap = manifest["kind"] == "swap"
     assert manifest.loc[swap, "donor"].isin(IDENTITIES).all()

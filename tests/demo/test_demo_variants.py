@@ -1,4 +1,4 @@
-"""The demo's variants: identities, manipulation kinds, voice-only fakes and two-person scenes.
+"""The demo's variants: identities, manipulation kinds, voice-only and two-modality fakes, two-person scenes.
 
 Decoding is PyAV's and detection the project's MTCNN (the session ``detector``, at the
 ``ExtractConfig`` defaults), so what these tests see is what extraction will see.
@@ -21,26 +21,30 @@ from dfdc.demo.generate import (
     ALL_KINDS,
     IDENTITIES,
     KINDS,
+    MANIPULATIONS,
+    MODALITIES,
     PAIRS,
     VOICE,
     DemoSpec,
     generate_demo_data,
+    modality_of,
 )
 from dfdc.demo.speech import VOICE_KINDS
 from dfdc.faces.detect import FaceDetector
 
 # --------------------------------------------------------------------------- default pinned
 
-# Computed with the generator of three identities and five kinds, with the PyAV/libx264 of
+# Computed with the generator of three identities and nine kinds, with the PyAV/libx264 of
 # the lock file: a change that moves a byte of the default dataset must say so here.
-# The videos' bytes last moved when the hum became speech (dfdc.demo.speech): the frames and
-# both manifests stayed as they were.
+# The videos' bytes last moved when the hum became speech (dfdc.demo.speech). When the default
+# became every kind (voice-only and swap_voice fakes, a modality column), the first five fakes'
+# bytes stayed as they were; both manifests moved.
 OLD_COLUMNS = ["chunk", "filename", "label", "original", "kind", "identity", "seed"]
-DEFAULT_MANIFEST_SHA256 = "7a292261f656da959f8495be63243bcc3912ff071986f2b4881ba6789620fd8f"
+DEFAULT_MANIFEST_SHA256 = "7c7abe7af6b6d26070360dfe24fa5dd5d57cfcbee6196fe34f05e4537a452e9e"
 # The default spec cut to one real and a fake of each default kind: the same first video as
 # the default dataset (same names, seeds and frame geometry).
-FIRST = DemoSpec(chunks=1, originals_per_chunk=1, fakes_per_original=len(KINDS), test_videos=0)
-FIRST_MANIFEST_SHA256 = "c24f6078901e2b7ec0a6d9cfbb8cce757d932fecc7d6b55b25a8b0a0d432baf3"
+FIRST = DemoSpec(chunks=1, originals_per_chunk=1, fakes_per_original=len(ALL_KINDS), test_videos=0)
+FIRST_MANIFEST_SHA256 = "a0de39d47e321f6aa168b8e4bb49a9dd76b15b564c1801a097f94b629ec15260"
 FIRST_VIDEOS_SHA256 = {
     "merwsqojco.mp4": "25153fee41044317d9168747772ff53b582eaea6f155fd9b9e0a22bae1650cb9",  # real
     "rrgiyjutgi.mp4": "611f77bf252664960919bcc739b7e023199e397118a12c08632d087aa5b2a2e2",  # swap
@@ -48,6 +52,10 @@ FIRST_VIDEOS_SHA256 = {
     "bqlnxhfabw.mp4": "28ff596c855521f8a128bf5ac213cee99ac7882ad72cf081eab729099879f501",  # colour
     "flbnferwxi.mp4": "548c908248e8432d3beb0638a394e2d263da40df3934f153a50d8e149025c18f",  # warp
     "rqpvrabiws.mp4": "d23b3bcccc8b1cb9c79069998d584b86b743c84b3e715b3170ef9a71ef0e6744",  # blend
+    "mgcncwjczw.mp4": "43328a68921e7d621036b827fc25bc62de821b3eec49e0591ce55da34fc0188c",  # voice
+    "nxzuqadpwf.mp4": "6858a80ecbe854f640bf7c31ea463bc80a1304b3ba985c731a8a3483b24da793",  # voice_gl
+    "shqoumkxch.mp4": "c3a1dbdfbd219af4cc5ee500cf0010bc3deef1406f119bd706a6fa6a639a7f06",  # voice_splice
+    "qiwbkzmmxd.mp4": "2611dcca71dcf34a27f17dd8b4e04d2283cfdad485e87abb437cc4a260bc064b",  # swap_voice
 }
 
 
@@ -57,9 +65,10 @@ def _sha256(data: bytes) -> str:
 
 def _check_one_person_truth(manifest: pd.DataFrame) -> None:
     assert (manifest["people"] == 1).all()
-    real = manifest["label"] == "REAL"
-    assert (manifest.loc[real, "face_target"] == "none").all()
-    assert (manifest.loc[~real, "face_target"] == "all").all()
+    assert (manifest["modality"] == manifest["kind"].map(modality_of)).all()
+    face = manifest["modality"].isin(["face", "both"])
+    assert (manifest.loc[~face, "face_target"] == "none").all()  # reals and voice-only fakes
+    assert (manifest.loc[face, "face_target"] == "all").all()
 
 
 def test_default_spec_is_pinned(tmp_path: Path) -> None:
@@ -69,13 +78,17 @@ def test_default_spec_is_pinned(tmp_path: Path) -> None:
     _check_one_person_truth(default)
     # Leave-one-identity-out and leave-one-manipulation-out both have data to hold out.
     fakes = default[default["label"] == "FAKE"]
-    assert set(fakes["kind"]) == set(KINDS)
+    assert set(fakes["kind"]) == set(ALL_KINDS)
+    # 48 originals x 3 fakes: 16 of each kind, and every identity meets every kind.
+    train_fakes = fakes[fakes["chunk"] != generate.TEST_DIR]
+    assert len(train_fakes) == 144 and (train_fakes["kind"].value_counts() == 16).all()
+    assert set(fakes["modality"]) == {"face", "voice", "both"}
     assert (pd.crosstab(fakes["identity"], fakes["kind"]) > 0).all().all()
     assert set(fakes["donor"].dropna()) == set(IDENTITIES)
 
     manifest = generate_demo_data(tmp_path, FIRST)
-    assert list(manifest.columns) == [*OLD_COLUMNS, "people", "face_target", "donor"]
-    assert list(manifest.loc[manifest["label"] == "FAKE", "kind"]) == list(KINDS)
+    assert list(manifest.columns) == [*OLD_COLUMNS, "people", "face_target", "donor", "modality"]
+    assert list(manifest.loc[manifest["label"] == "FAKE", "kind"]) == list(ALL_KINDS)
     assert _sha256(manifest.to_csv(index=False).encode()) == FIRST_MANIFEST_SHA256
     _check_one_person_truth(manifest)
     assert manifest.iloc[0]["filename"] == default.iloc[0]["filename"]
@@ -134,7 +147,9 @@ def test_manifest_records_people_and_target(variant: tuple[Path, pd.DataFrame]) 
     assert set(manifest["people"]) == {1, 2}
     assert (manifest["identity"].isin(pairs) == (manifest["people"] == 2)).all()
     assert (manifest["identity"].isin(IDENTITIES) == (manifest["people"] == 1)).all()
-    real, voice = manifest["label"] == "REAL", manifest["kind"].isin(VOICE_KINDS)
+    assert (manifest["modality"] == manifest["kind"].map(modality_of)).all()
+    real, voice = manifest["label"] == "REAL", manifest["modality"] == "voice"
+    assert (manifest.loc[real, "modality"] == "real").all()
     assert (manifest.loc[real | voice, "face_target"] == "none").all()
     face_fakes = manifest[~real & ~voice]
     one = face_fakes["people"] == 1
@@ -146,12 +161,12 @@ def test_manifest_records_people_and_target(variant: tuple[Path, pd.DataFrame]) 
     for row in manifest[~real].itertuples():
         assert row.identity == by_name.loc[row.original, "identity"]
         assert row.people == by_name.loc[row.original, "people"]
-    # A swap shows someone not in the scene; nothing else names a donor.
-    swap = manifest["kind"] == "swap"
-    assert swap.sum() >= 2
-    for row in manifest[swap].itertuples():
+    # A swap shows, a splice speaks in, someone not in the scene; nothing else names a donor.
+    donated = manifest["kind"].isin(["swap", "swap_voice", "voice_splice"])
+    assert set(manifest.loc[donated, "kind"]) == {"swap", "swap_voice", "voice_splice"}
+    for row in manifest[donated].itertuples():
         assert row.donor in IDENTITIES and row.donor not in row.identity.split("+"), row
-    assert manifest.loc[~swap, "donor"].isna().all()
+    assert manifest.loc[~donated, "donor"].isna().all()
 
 
 def _f0(sound: np.ndarray) -> float:
@@ -176,6 +191,7 @@ def test_voice_fake_keeps_the_frames_and_changes_the_voice(
     root, manifest = variant
     voices = manifest[manifest["kind"] == kind]
     assert sorted(voices["people"]) == [1, 2]
+    assert (voices["modality"] == "voice").all() and (voices["face_target"] == "none").all()
     for row in voices.itertuples():
         original = _path(root, manifest, row.original)
         fake = root / row.chunk / row.filename
@@ -199,6 +215,43 @@ def test_voice_fake_keeps_the_frames_and_changes_the_voice(
             blocks = original_sound.size // 441  # 10 ms
             diff = np.abs(sound - original_sound)[: blocks * 441].reshape(blocks, 441).mean(axis=1)
             assert (diff > 0.3 * np.abs(original_sound).mean()).mean() > 0.1  # a stretch of words replaced
+
+
+def test_swap_voice_fake_changes_the_face_and_the_voice(
+    variant: tuple[Path, pd.DataFrame], detector: FaceDetector
+) -> None:
+    root, manifest = variant
+    both = manifest[manifest["kind"] == "swap_voice"]
+    assert sorted(both["people"]) == [1, 2] and (both["modality"] == "both").all()
+    for row in both.itertuples():
+        original_path = _path(root, manifest, row.original)
+        original, fake = _frames(original_path), _frames(root / row.chunk / row.filename)
+        boxes = _faces(detector, original[len(original) // 2])
+        face = boxes[1] if row.face_target == "right" else boxes[0]
+        changed = min(crop_difference(f, o, tuple(int(v) for v in face))
+                      for f, o in zip(fake, original, strict=True))  # fmt: skip
+        assert changed > 10.0, (row.filename, changed)  # a face the labels stage calls changed
+        sound, original_sound = _sound(root / row.chunk / row.filename), _sound(original_path)
+        assert sound.size == original_sound.size
+        ratio = _f0(sound) / _f0(original_sound)  # WORLD conversion, as a voice fake's
+        assert not 2 ** (-3 / 12) < ratio < 2 ** (3 / 12), (row.filename, ratio)
+
+
+def test_swap_voice_is_a_swap_and_a_voice_conversion_from_one_seed() -> None:
+    """Before encoding: the face edit a swap would make, the audio a voice fake would carry."""
+    spec = DemoSpec(duration=0.5, fps=10)
+    photos = {ident: generate._load_photo(ident) for ident in IDENTITIES}
+    fake = generate._Video("c", "f.mp4", "FAKE", "r.mp4", "swap_voice", ("camera",), 11, 7, "all", "hopper")
+    as_swap, as_voice = (generate._Video(**{**vars(fake), "kind": k}) for k in ("swap", VOICE))
+    n = 22050
+    assert np.array_equal(generate._sound(fake, n), generate._sound(as_voice, n))
+    assert not np.array_equal(generate._sound(fake, n), generate._sound(as_swap, n))
+    scene = generate._render(fake, spec, photos)
+    edits = [generate._face_edit(v, photos) for v in (fake, as_swap)]
+    assert generate._face_edit(as_voice, photos) is None
+    for frame, poses in scene.frames():
+        a, b = (m.apply(frame.copy(), poses[face]) for m, face in edits)
+        assert np.array_equal(a, b) and not np.array_equal(a, frame)
 
 
 def test_every_identity_has_its_own_voice() -> None:
@@ -338,11 +391,31 @@ def test_plan_spreads_pairs_and_targets() -> None:
     assert set(targets) == {"left", "right"}
 
 
-def test_kinds_default_to_the_face_manipulations() -> None:
-    assert DemoSpec().kinds == KINDS
-    assert set(KINDS) == {"swap", "lowres", "colour", "warp", "blend"}
+def test_kinds_default_to_every_kind_of_every_modality() -> None:
+    assert DemoSpec().kinds == ALL_KINDS == tuple(MANIPULATIONS)
+    assert set(KINDS) == {"swap", "lowres", "colour", "warp", "blend"}  # the face kinds
     assert VOICE not in KINDS
-    assert set(ALL_KINDS) == {*KINDS, *VOICE_KINDS} and VOICE in VOICE_KINDS
+    assert set(ALL_KINDS) == {*KINDS, *VOICE_KINDS, "swap_voice"} and VOICE in VOICE_KINDS
+    assert {k: modality_of(k) for k in ALL_KINDS} == {
+        **dict.fromkeys(KINDS, "face"), **dict.fromkeys(VOICE_KINDS, "voice"), "swap_voice": "both"
+    }
+    assert MANIPULATIONS["swap_voice"] == ("swap", VOICE)
+    assert modality_of("real") == "real" and set(MODALITIES) == {"real", "face", "voice", "both"}
+    with pytest.raises(ValueError, match="unknown manipulation kind"):
+        modality_of("neural_textures")
+
+
+def test_splice_donor_is_planned_from_the_seed_and_not_in_the_scene() -> None:
+    spec = DemoSpec(chunks=2, originals_per_chunk=6, fakes_per_original=2, test_videos=4,
+                    kinds=("voice_splice",), pair_share=0.5)  # fmt: skip
+    manifest = generate._manifest(generate._plan(spec))
+    fakes = manifest[manifest["label"] == "FAKE"]
+    for row in fakes.itertuples():
+        assert row.donor in IDENTITIES and row.donor not in row.identity.split("+"), row
+    singles = fakes[fakes["people"] == 1]
+    for identity, rows in singles.groupby("identity"):
+        assert set(rows["donor"]) == set(IDENTITIES) - {identity}, identity  # both others speak
+    pd.testing.assert_frame_equal(generate._manifest(generate._plan(spec)), manifest)
 
 
 def test_pairs_are_two_different_people_each_side_in_turn() -> None:
@@ -383,7 +456,7 @@ def test_non_square_photo_is_flipped_with_its_face() -> None:
 # One original per identity, each with a fake of every default kind, at the frame size the
 # detector settings are meant for.
 EVERY = DemoSpec(chunks=1, originals_per_chunk=len(IDENTITIES), fakes_per_original=len(KINDS),
-                 test_videos=0, width=320, height=240, duration=0.5, fps=10, seed=2)
+                 test_videos=0, width=320, height=240, duration=0.5, fps=10, seed=2, kinds=KINDS)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from typer.testing import CliRunner
 
 from dfdc.config import CrossvalConfig, DataConfig, Params, ScoreConfig, TrainConfig
+from dfdc.demo.generate import modality_of
 from dfdc.scoring.crossval import (
     CrossvalError,
     Fold,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 
 
-def _synthetic() -> tuple[pd.DataFrame, pd.DataFrame]:
+def _synthetic(kinds: tuple[str, ...] = KINDS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A split (whole families per subset) and its manifest: 18 families of a real and 3 fakes."""
     rows, manifest = [], []
     n = 0
@@ -55,10 +56,10 @@ def _synthetic() -> tuple[pd.DataFrame, pd.DataFrame]:
         rows.append(("c0", real, "REAL", None, subset))
         manifest.append(("c0", real, "real", person, ""))
         for k in range(3):
-            kind = KINDS[n % len(KINDS)]
+            kind = kinds[n % len(kinds)]
             n += 1
             name = f"f{family:02d}{k}.mp4"
-            donor = PEOPLE[(family + 1 + k % 2) % 3] if kind == "swap" else ""
+            donor = PEOPLE[(family + 1 + k % 2) % 3] if kind in ("swap", "swap_voice") else ""
             rows.append(("c0", name, "FAKE", real, subset))
             manifest.append(("c0", name, kind, person, donor))
     splits = pd.DataFrame(rows, columns=["chunk", "filename", "label", "original", "subset"])
@@ -123,6 +124,36 @@ def test_excluded_identities_are_in_no_fold(table) -> None:
     assert [f.key for f in folds if f.protocol == "loio"] == ["loio.astronaut", "loio.camera"]
     for fold in folds:
         assert not touches(fold.videos, "hopper").any(), fold.key
+
+
+def test_voice_only_fakes_train_but_get_no_lomo_fold_and_are_never_scored() -> None:
+    """The face branch cannot see a voice-only fake: no fold holds its kind out or scores it."""
+    splits, manifest = _synthetic((*KINDS, "voice", "swap_voice"))
+    manifest = manifest.assign(modality=manifest["kind"].map(modality_of))
+    full = annotate(splits, manifest)
+    voice = full[full["modality"] == "voice"]
+    assert set(voice["subset"]) == set(SUBSETS)  # voice fakes in every subset of the split
+    folds = build_folds(splits, manifest, CrossvalConfig())
+    lomo = [f.held_out for f in folds if f.protocol == "lomo"]
+    assert lomo == sorted([*KINDS, "swap_voice"])  # swap_voice changes the face too: a fold
+    for fold in folds:
+        v = fold.videos
+        assert not (v.loc[v["subset"] != "train", "modality"] == "voice").any(), fold.key
+        hidden = touches(voice, fold.held_out) if fold.protocol == "loio" else np.zeros(len(voice), bool)
+        # ... yet they train, as REAL faces, wherever their identity is not held out
+        trained = set(fold.subset("train")["filename"])
+        expected = voice[(voice["subset"] == "train").to_numpy() & ~hidden]["filename"]
+        assert set(expected) <= trained and not expected.empty, fold.key
+
+
+def test_modality_without_its_column_comes_from_the_kind(tmp_path: Path) -> None:
+    kinds = ["real", "swap", "voice_splice", "swap_voice", "neural_textures"]
+    path = tmp_path / "manifest.csv"
+    pd.DataFrame({"chunk": "c0", "filename": [f"{k}.mp4" for k in kinds], "kind": kinds,
+                  "identity": "camera"}).to_csv(path, index=False)  # fmt: skip
+    assert read_manifest(path)["modality"].tolist() == ["real", "face", "voice", "both", "face"]
+    pd.read_csv(path).assign(modality="voice").to_csv(path, index=False)
+    assert (read_manifest(path)["modality"] == "voice").all()  # a column says it all
 
 
 def test_a_pair_scene_touches_both_of_its_people() -> None:
