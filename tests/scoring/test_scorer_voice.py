@@ -1,0 +1,159 @@
+"""The scorer with a voice branch: both branches fused; either alone when the other has nothing."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from dfdc.audio.model import VoiceCheckpoint, build_voice_model
+from dfdc.config import AudioConfig, ScoreConfig
+from dfdc.model.backbone import Checkpoint
+from dfdc.release.bundle import VOICE_WEIGHTS, build_bundle, load_bundle
+from dfdc.release.predict import list_videos, score_videos
+from dfdc.scoring.calibrate import Calibration
+from dfdc.scoring.fusion import Fusion
+
+if TYPE_CHECKING:
+    from conftest import Demo
+
+WEIGHTS = (0.8, 1.7)
+CAL = Calibration(1.3, 0.02, 0.98, 0.6, bias=0.2, fusion=Fusion("logreg", WEIGHTS).to_json())
+RUN = ScoreConfig(device="cpu", workers=0)
+
+
+def _untrained_voice() -> VoiceCheckpoint:
+    torch.manual_seed(1)
+    audio = AudioConfig()
+    model = build_voice_model(audio)
+    for m in model.modules():  # untrained batch norms would squash every window alike
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return VoiceCheckpoint(audio, {k: v.clone() for k, v in model.state_dict().items()}, 0, 0.5)
+
+
+def _without_audio(src: Path, dst: Path) -> Path:
+    """``src``'s video stream alone, packets copied: the same frames, no audio track."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
+        vin = inp.streams.video[0]
+        vout = out.add_stream_from_template(vin)
+        for packet in inp.demux(vin):
+            if packet.dts is not None:
+                packet.stream = vout
+                out.mux(packet)
+    return dst
+
+
+def _faceless_with_speech(src: Path, dst: Path) -> Path:
+    """Grey frames with ``src``'s speech: a readable video whose only evidence is its voice."""
+    with av.open(str(src)) as inp:
+        rate = inp.streams.audio[0].rate
+        speech = np.concatenate([f.to_ndarray().mean(axis=0) for f in inp.decode(audio=0)]).astype(np.float32)
+    with av.open(str(dst), "w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 128, 96, "yuv420p"
+        audio = out.add_stream("aac", rate=rate, layout="mono")
+        audio.time_base = Fraction(1, rate)
+        for i in range(int(10 * len(speech) / rate)):
+            grey = av.VideoFrame.from_ndarray(np.full((96, 128, 3), 20 * (i % 8), np.uint8), format="rgb24")
+            out.mux(video.encode(grey))
+        for start in range(0, len(speech), 1024):
+            frame = av.AudioFrame.from_ndarray(speech[None, start : start + 1024], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            out.mux(audio.encode(frame))
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def voice_bundle(untrained_checkpoint: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bundle(
+        untrained_checkpoint, CAL, {"logloss": 0.5}, tmp_path_factory.mktemp("voice-bundle"),
+        voice=_untrained_voice(),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def clips(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("voice-clips")
+    speaking = list_videos(demo.test_dir)[0]
+    return {
+        "both": speaking,
+        "face_only": _without_audio(speaking, tmp / "noaudiovid.mp4"),
+        "voice_only": _faceless_with_speech(speaking, tmp / "facelessvd.mp4"),
+    }
+
+
+def test_the_bundle_carries_both_models(voice_bundle: Path) -> None:
+    bundle = load_bundle(voice_bundle)
+    assert (voice_bundle / VOICE_WEIGHTS).is_file()
+    assert bundle.voice_model is not None and bundle.protocol.voice == AudioConfig()
+    assert bundle.calibration.fusion_rule == Fusion("logreg", WEIGHTS)
+    assert "Voice branch" in (voice_bundle / "MODEL_CARD.md").read_text()
+
+
+def test_a_fused_calibration_without_a_voice_model_is_refused(
+    untrained_checkpoint: Checkpoint, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="voice model"):
+        build_bundle(untrained_checkpoint, CAL, {}, tmp_path / "b")
+
+
+def test_each_video_is_scored_by_the_branches_it_has(voice_bundle: Path, clips: dict[str, Path]) -> None:
+    bundle = load_bundle(voice_bundle)
+    rows = score_videos(bundle, list(clips.values()), progress=False, run=RUN).set_index("filename")
+    both, face_only, voice_only = (rows.loc[clips[k].name] for k in ("both", "face_only", "voice_only"))
+    w_face, w_voice = WEIGHTS
+
+    assert both["status"] == "ok" and both["voice_status"] == "ok" and both["n_faces"] > 0
+    assert np.isfinite(both["face_logit"]) and np.isfinite(both["voice_logit"])
+    assert both["logit"] == pytest.approx(w_face * both["face_logit"] + w_voice * both["voice_logit"])
+    assert both["label"] == pytest.approx(float(CAL.probability(np.array([both["logit"]]))[0]))
+
+    # no audio track: the face alone, with the reason on record
+    assert face_only["voice_status"] == "no_audio" and np.isnan(face_only["voice_logit"])
+    assert face_only["face_logit"] == pytest.approx(both["face_logit"], rel=1e-5)  # the same frames
+    assert face_only["logit"] == pytest.approx(w_face * face_only["face_logit"])
+    assert face_only["detail"] == "no_audio: scored by the face alone"
+
+    # no face: the voice alone, not the fallback
+    assert voice_only["status"] == "ok" and voice_only["n_faces"] == 0
+    assert voice_only["detail"] == "no_face: scored by the voice alone"
+    assert voice_only["voice_logit"] == pytest.approx(both["voice_logit"], abs=0.05)  # the same speech
+    assert voice_only["logit"] == pytest.approx(w_voice * voice_only["voice_logit"])
+    assert voice_only["label"] != pytest.approx(CAL.fallback)
+
+
+def test_details_give_the_voice_per_window(voice_bundle: Path, clips: dict[str, Path]) -> None:
+    bundle = load_bundle(voice_bundle)
+    row = score_videos(bundle, [clips["both"]], progress=False, details=True, run=RUN).iloc[0]
+    windows = row["details"]["voice"]
+    assert windows and row["details"]["persons"]
+    assert np.mean([w["logit"] for w in windows]) == pytest.approx(row["voice_logit"], rel=1e-5)
+    starts = [w["start"] for w in windows]
+    assert starts == sorted(starts) and all(w["end"] - w["start"] == pytest.approx(1.0) for w in windows)
+    for w in windows:  # the voice alone through the bundle's fusion and calibration
+        assert w["label"] == pytest.approx(float(CAL.probability(np.array([w_voice_only(w["logit"])]))[0]))
+
+
+def w_voice_only(z: float) -> float:
+    """The fused logit of a video with a voice and no face."""
+    return WEIGHTS[1] * z
+
+
+def test_a_face_only_bundle_never_opens_the_audio(
+    untrained_checkpoint: Checkpoint, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    plain = Calibration(1.3, 0.02, 0.98, 0.6, bias=0.2)
+    bundle = load_bundle(build_bundle(untrained_checkpoint, plain, {}, tmp_path / "b", voice=_untrained_voice()))
+    assert bundle.voice_model is None and not (tmp_path / "b" / VOICE_WEIGHTS).exists()
+    rows = score_videos(bundle, [clips["both"], clips["voice_only"]], progress=False, run=RUN)
+    assert rows["voice_status"].tolist() == ["off", "off"]
+    assert rows["status"].tolist() == ["ok", "no_face"]
