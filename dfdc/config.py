@@ -218,6 +218,34 @@ class AudioConfig(Strict):
         return max(1, round(self.window_hop_s * self.sample_rate / self.hop_length))
 
 
+class VoiceConfig(Strict):
+    """Stage ``voice``: the audio branch's feature store, training recipe and outputs (``dfdc.audio``).
+
+    What a window holds and the model's shape are ``AudioConfig`` (saved with the weights); these
+    are how the model is trained and where its files go. A video's target: 1 for a FAKE whose
+    audio changed, 0 for a REAL; a FAKE whose audio is untouched is REAL or left out
+    (``untouched``); a FAKE whose audio was not compared is left out.
+    """
+
+    features_dir: Path = Path("data/audio")  # one folder per chunk: windows (float16) + index.parquet
+    epochs: int = Field(16, ge=1)  # the demo: 8 steps an epoch, ~1 min on one CPU thread
+    batch_size: int = Field(32, ge=1)  # windows per step, half real, half fake
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    untouched: Literal["real", "drop"] = "real"  # FAKEs whose voice is genuine: REAL, or left out
+    # Augmentation of a training window (all honest for log-mel, none of them a gain):
+    max_shift_s: float = Field(0.1, ge=0)  # a crop of the window, shifted by up to this in time
+    time_mask_s: float = Field(0.1, ge=0)  # SpecAugment: one band of up to this many seconds blanked
+    freq_masks: int = Field(8, ge=0)  # ... and one band of up to this many mel bins
+    noise_db: float = Field(1.0, ge=0)  # Gaussian noise of this sd on the log-mel (dB)
+    seed: int = 0
+    threads: int = Field(1, ge=0)  # torch intra-op threads (0: torch's default)
+    checkpoint: Path = Path("models/voice.pt")  # the best epoch (``dfdc.audio.model.VoiceCheckpoint``)
+    scores: Path = Path("data/voice_scores.parquet")  # one row per video of the splits
+    run_file: Path = Path("models/voice_run.json")  # the MLflow run of the training
+    metrics: Path = Path("reports/voice.json")  # flat keys for ``dvc metrics diff``
+
+
 class ScoreConfig(Strict):
     """How the scorer runs on this machine: run settings, never saved with a model (``dfdc.protocol``).
 
@@ -370,6 +398,7 @@ class Params(Strict):
     extract: ExtractConfig = ExtractConfig()
     labels: LabelsConfig = LabelsConfig()
     audio: AudioConfig = AudioConfig()
+    voice: VoiceConfig = VoiceConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()

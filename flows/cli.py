@@ -145,7 +145,7 @@ def _stage(name: str) -> None:
     app.command(name)(run)
 
 
-for _name in ("extract", "labels", "split", "train", "calibrate", "evaluate", "package"):
+for _name in ("extract", "labels", "split", "train", "voice", "calibrate", "evaluate", "package"):
     _stage(_name)
 
 

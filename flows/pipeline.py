@@ -14,11 +14,12 @@ from flows.promote import promote_flow
 from flows.split import split_flow
 from flows.train import train_flow
 from flows.validate import validate_flow
+from flows.voice import voice_flow
 
 
 @flow(name="pipeline")
 def pipeline_flow(params_path: str = "params.yaml") -> State | None:
-    """Validate -> extract -> labels -> split -> train -> calibrate -> evaluate -> promote -> package."""
+    """Validate, extract, labels, split, train, voice, calibrate, evaluate, promote, package."""
     state = validate_flow(params_path, return_state=True)
     if state.is_failed():
         return Failed(message=state.message)
@@ -28,6 +29,7 @@ def pipeline_flow(params_path: str = "params.yaml") -> State | None:
     labels_flow(params_path)
     split_flow(params_path)
     train_flow(params_path)
+    voice_flow(params_path)
     calibrate_flow(params_path)
     evaluate_flow(params_path)
     promote_flow(params_path)

@@ -11,6 +11,8 @@ windows' logits through the same rule as a video's from its frames (``dfdc.scori
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,3 +99,53 @@ def clip_logit(logits: np.ndarray, cfg: AggregateConfig | Mapping[str, Any] | No
     the frames of one person, so fusion later treats both modalities' logits alike.
     """
     return video_logit(np.asarray(logits, dtype=float), None, cfg)
+
+
+@dataclass(frozen=True)
+class VoiceCheckpoint:
+    """A trained voice model with the protocol its windows were made with (``AudioConfig``).
+
+    Saved as plain tensors and a JSON-able dict, so ``torch.load(weights_only=True)`` reads it and
+    the scorer rebuilds the same features and model from the file alone.
+    """
+
+    audio: AudioConfig
+    state_dict: Mapping[str, torch.Tensor]
+    epoch: int  # the selected epoch, from 0; -1: never trained (see ``trained``)
+    val_logloss: float  # the val subset's clip log loss at that epoch (NaN untrained)
+
+    @property
+    def trained(self) -> bool:
+        """False for the placeholder the voice stage writes when the training subset has no voice fake."""
+        return self.epoch >= 0
+
+    def save(self, path: Path) -> None:
+        """Write beside ``path`` and rename, so a killed run never leaves half a checkpoint."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "audio": self.audio.model_dump(mode="json"),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()},
+            "epoch": int(self.epoch),
+            "val_logloss": float(self.val_logloss),
+        }
+        partial = path.with_name(f".{path.name}.partial")
+        torch.save(payload, partial)
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> VoiceCheckpoint:
+        """Read a checkpoint written by ``save`` (no pickled code is run)."""
+        raw = torch.load(Path(path), map_location="cpu", weights_only=True)
+        return cls(
+            audio=AudioConfig.model_validate(raw["audio"]),
+            state_dict=raw["state_dict"],
+            epoch=int(raw["epoch"]),
+            val_logloss=float(raw["val_logloss"]),
+        )
+
+    def build(self, device: str | torch.device = "cpu") -> VoiceNet:
+        """The model with these weights, on ``device``, in eval mode."""
+        model = build_voice_model(self.audio)
+        model.load_state_dict(dict(self.state_dict))
+        return model.to(device).eval()
