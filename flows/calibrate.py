@@ -45,11 +45,15 @@ def calibrate_flow(params_path: str = "params.yaml") -> Calibration:
     params = load_params(params_path)
     frames, videos = score_held_out(params)
     c = params.calibrate
-    if c.fusion != "face":
+    fusion = c.fusion
+    if fusion != "face":
         videos = voice_logits(params, videos)
+        if not videos["voice_logit"].notna().any():  # no voice fake to learn from: an untrained branch
+            print(f"no voice score on the held-out videos: fusion {fusion} falls back to the face alone")
+            fusion = "face"
     cal, logits = calibrate_videos(
         frames, videos, params.aggregate, c.clip_min, c.clip_max, c.temperature_prior_sd, c.bias_prior_sd,
-        c.fusion, c.fusion_weight_sd,
+        fusion, c.fusion_weight_sd,
     )  # fmt: skip
     n_crops = frames.groupby("video").size().reindex(videos["filename"]).fillna(0).astype(int)
     face = face_logits(frames, videos, params.aggregate).to_numpy()
@@ -61,13 +65,13 @@ def calibrate_flow(params_path: str = "params.yaml") -> Calibration:
     run_id = json.loads(params.train.run_file.read_text())["run_id"]
     connect(params.registry)
     w_face, w_voice = cal.fusion_rule.weights
-    weights = {"fusion_w_face": w_face, "fusion_w_voice": w_voice} if c.fusion == "logreg" else {}
+    weights = {"fusion_w_face": w_face, "fusion_w_voice": w_voice} if fusion == "logreg" else {}
     log_metrics(run_id, {"temperature": cal.temperature, "fallback_prior": cal.fallback, **weights})
     calib = videos[videos["subset"] == "calib"]
     n_no_face = int(np.isnan(calib["face_logit"]).sum())
     n_no_voice = int(calib["voice_logit"].isna().sum()) if "voice_logit" in calib else len(calib)
     print(
-        f"aggregation {params.aggregate.strategy}, fusion {c.fusion}: temperature {cal.temperature:.3f} "
+        f"aggregation {params.aggregate.strategy}, fusion {fusion}: temperature {cal.temperature:.3f} "
         f"on {len(calib)} videos ({n_no_face} without a face, {n_no_voice} without usable audio)"
     )
     return cal

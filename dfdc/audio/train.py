@@ -57,7 +57,7 @@ def voice_targets(splits: pd.DataFrame, audio_labels: pd.DataFrame, untouched: s
 
 def read_targets(splits: pd.DataFrame, labels_dir: Path, untouched: str = "real") -> pd.DataFrame:
     """``voice_targets`` of ``splits`` from the audio labels (``data/labels/<chunk>.audio.parquet``)."""
-    from dfdc.data.labels import read_audio_labels  # the audio labels' one reader
+    from dfdc.data.audio_labels import read_audio_labels  # the audio labels' one reader
 
     labels = read_audio_labels(Path(labels_dir), sorted(splits["chunk"].unique()))
     return voice_targets(splits, labels, untouched)

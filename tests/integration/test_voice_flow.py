@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,6 @@ import yaml
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
-import dfdc.data.labels as labels_module
 from dfdc.demo.generate import DemoSpec, generate_demo_data
 
 pytestmark = pytest.mark.integration
@@ -28,20 +27,11 @@ def prefect_harness():
         yield
 
 
-def _read_audio_labels(labels_dir: Path, chunks: Iterable[str]) -> pd.DataFrame:
-    """The audio labels' reader as its interface says, for a tree that does not have it yet."""
-    return pd.concat(
-        [pd.read_parquet(Path(labels_dir) / f"{c}.audio.parquet") for c in chunks], ignore_index=True
-    )
-
-
 def test_voice_flow_trains_scores_and_tracks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, faceless_mp4: Callable[[Path], Path]
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    if not hasattr(labels_module, "read_audio_labels"):
-        monkeypatch.setattr(labels_module, "read_audio_labels", _read_audio_labels, raising=False)
     manifest = generate_demo_data(tmp_path / "data" / "raw", SPEC)
     chunk = tmp_path / "data" / "raw" / CHUNK
     faceless_mp4(chunk / "muteaudios.mp4")  # a REAL with no audio stream at all

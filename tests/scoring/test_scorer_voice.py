@@ -64,7 +64,8 @@ def _faceless_with_speech(src: Path, dst: Path) -> Path:
             grey = av.VideoFrame.from_ndarray(np.full((96, 128, 3), 20 * (i % 8), np.uint8), format="rgb24")
             out.mux(video.encode(grey))
         for start in range(0, len(speech), 1024):
-            frame = av.AudioFrame.from_ndarray(speech[None, start : start + 1024], format="fltp", layout="mono")
+            piece = speech[None, start : start + 1024]
+            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
             frame.sample_rate, frame.pts = rate, start
             out.mux(audio.encode(frame))
         out.mux(video.encode(None))
@@ -152,7 +153,8 @@ def test_a_face_only_bundle_never_opens_the_audio(
     untrained_checkpoint: Checkpoint, clips: dict[str, Path], tmp_path: Path
 ) -> None:
     plain = Calibration(1.3, 0.02, 0.98, 0.6, bias=0.2)
-    bundle = load_bundle(build_bundle(untrained_checkpoint, plain, {}, tmp_path / "b", voice=_untrained_voice()))
+    built = build_bundle(untrained_checkpoint, plain, {}, tmp_path / "b", voice=_untrained_voice())
+    bundle = load_bundle(built)
     assert bundle.voice_model is None and not (tmp_path / "b" / VOICE_WEIGHTS).exists()
     rows = score_videos(bundle, [clips["both"], clips["voice_only"]], progress=False, run=RUN)
     assert rows["voice_status"].tolist() == ["off", "off"]
