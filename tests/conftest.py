@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dfdc.config import ExtractConfig, ModelConfig
+from dfdc.audio.model import VoiceCheckpoint, build_voice_model
+from dfdc.config import AudioConfig, ExtractConfig, ModelConfig
 from dfdc.data.metadata import read_metadata
 from dfdc.demo.generate import TEST_DIR, DemoSpec, generate_demo_data
 from dfdc.faces.detect import FaceDetector
@@ -124,6 +125,19 @@ def untrained_checkpoint(extract_cfg: ExtractConfig) -> Checkpoint:
     model = build_model(cfg)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return Checkpoint(cfg, extract_cfg, preprocess_of(model), state, epoch=0, val_logloss=0.69)
+
+
+@pytest.fixture(scope="session")
+def untrained_voice() -> VoiceCheckpoint:
+    """A randomly initialised voice model (its batch norms' statistics spread, so windows differ)."""
+    torch.manual_seed(1)
+    audio = AudioConfig()
+    model = build_voice_model(audio)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return VoiceCheckpoint(audio, {k: v.clone() for k, v in model.state_dict().items()}, 0, 0.5)
 
 
 def _faceless_mp4(path: Path) -> Path:

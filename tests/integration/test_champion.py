@@ -29,11 +29,13 @@ from dfdc.release.bundle import build_bundle, load_bundle
 from dfdc.release.predict import list_videos, score_videos
 from dfdc.release.registry import promote, register_bundle, tracking_uri, training_run
 from dfdc.scoring.calibrate import Calibration
+from dfdc.scoring.fusion import Fusion
 
 if TYPE_CHECKING:
     import pandas as pd
     from conftest import Demo
 
+    from dfdc.audio.model import VoiceCheckpoint
     from dfdc.model.backbone import Checkpoint
     from dfdc.release.bundle import Bundle
 
@@ -57,13 +59,17 @@ def _get(url: str) -> int:
 
 @pytest.fixture
 def registry(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, untrained_checkpoint: Checkpoint
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    untrained_checkpoint: Checkpoint,
+    untrained_voice: VoiceCheckpoint,
 ) -> RegistryConfig:
-    """A store holding one champion: a bundle of the session's (untrained) checkpoint."""
+    """A store holding one champion: a bundle of the session's (untrained) face and voice models, fused."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = RegistryConfig(db=tmp_path / "mlflow.db", artifacts=tmp_path / "artifacts")
+    fused = Calibration(1.5, 0.02, 0.98, 0.7, fusion=Fusion("logreg", (1.0, 1.5)).to_json())
     bundle = build_bundle(
-        untrained_checkpoint, Calibration(1.5, 0.02, 0.98, 0.7), {"logloss": 0.6}, tmp_path / "bundle"
+        untrained_checkpoint, fused, {"logloss": 0.6}, tmp_path / "bundle", voice=untrained_voice
     )
     with training_run(cfg, {}, {}) as run_id:
         pass

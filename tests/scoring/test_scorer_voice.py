@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 import av
 import numpy as np
 import pytest
-import torch
 
-from dfdc.audio.model import VoiceCheckpoint, build_voice_model
+from dfdc.audio.model import VoiceCheckpoint
 from dfdc.config import AudioConfig, ScoreConfig
 from dfdc.model.backbone import Checkpoint
 from dfdc.release.bundle import VOICE_WEIGHTS, build_bundle, load_bundle
@@ -25,17 +24,6 @@ if TYPE_CHECKING:
 WEIGHTS = (0.8, 1.7)
 CAL = Calibration(1.3, 0.02, 0.98, 0.6, bias=0.2, fusion=Fusion("logreg", WEIGHTS).to_json())
 RUN = ScoreConfig(device="cpu", workers=0)
-
-
-def _untrained_voice() -> VoiceCheckpoint:
-    torch.manual_seed(1)
-    audio = AudioConfig()
-    model = build_voice_model(audio)
-    for m in model.modules():  # untrained batch norms would squash every window alike
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return VoiceCheckpoint(audio, {k: v.clone() for k, v in model.state_dict().items()}, 0, 0.5)
 
 
 def _without_audio(src: Path, dst: Path) -> Path:
@@ -74,10 +62,14 @@ def _faceless_with_speech(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def voice_bundle(untrained_checkpoint: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def voice_bundle(
+    untrained_checkpoint: Checkpoint,
+    untrained_voice: VoiceCheckpoint,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
     return build_bundle(
         untrained_checkpoint, CAL, {"logloss": 0.5}, tmp_path_factory.mktemp("voice-bundle"),
-        voice=_untrained_voice(),
+        voice=untrained_voice,
     )  # fmt: skip
 
 
@@ -150,10 +142,10 @@ def w_voice_only(z: float) -> float:
 
 
 def test_a_face_only_bundle_never_opens_the_audio(
-    untrained_checkpoint: Checkpoint, clips: dict[str, Path], tmp_path: Path
+    untrained_checkpoint: Checkpoint, untrained_voice: VoiceCheckpoint, clips: dict[str, Path], tmp_path: Path
 ) -> None:
     plain = Calibration(1.3, 0.02, 0.98, 0.6, bias=0.2)
-    built = build_bundle(untrained_checkpoint, plain, {}, tmp_path / "b", voice=_untrained_voice())
+    built = build_bundle(untrained_checkpoint, plain, {}, tmp_path / "b", voice=untrained_voice)
     bundle = load_bundle(built)
     assert bundle.voice_model is None and not (tmp_path / "b" / VOICE_WEIGHTS).exists()
     rows = score_videos(bundle, [clips["both"], clips["voice_only"]], progress=False, run=RUN)
