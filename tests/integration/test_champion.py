@@ -57,6 +57,9 @@ def _get(url: str) -> int:
         return int(response.status)
 
 
+FUSED = Calibration(1.5, 0.02, 0.98, 0.7, fusion=Fusion("logreg", (1.0, 1.5)).to_json())
+
+
 @pytest.fixture
 def registry(
     tmp_path: Path,
@@ -67,9 +70,8 @@ def registry(
     """A store holding one champion: a bundle of the session's (untrained) face and voice models, fused."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = RegistryConfig(db=tmp_path / "mlflow.db", artifacts=tmp_path / "artifacts")
-    fused = Calibration(1.5, 0.02, 0.98, 0.7, fusion=Fusion("logreg", (1.0, 1.5)).to_json())
     bundle = build_bundle(
-        untrained_checkpoint, fused, {"logloss": 0.6}, tmp_path / "bundle", voice=untrained_voice
+        untrained_checkpoint, FUSED, {"logloss": 0.6}, tmp_path / "bundle", voice=untrained_voice
     )
     with training_run(cfg, {}, {}) as run_id:
         pass
@@ -243,6 +245,7 @@ def test_promote_scores_candidate_and_champion_alike(
     demo: Demo,
     chunk_meta: pd.DataFrame,
     untrained_checkpoint: Checkpoint,
+    untrained_voice: VoiceCheckpoint,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -279,7 +282,8 @@ def test_promote_scores_candidate_and_champion_alike(
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "run.json").write_text(json.dumps({"run_id": run_id}))
     untrained_checkpoint.save(tmp_path / "models" / "checkpoint.pt")
-    Calibration(1.5, 0.02, 0.98, 0.7).save(tmp_path / "models" / "calibration.json")
+    untrained_voice.save(tmp_path / "models" / "voice.pt")  # params' voice.checkpoint
+    FUSED.save(tmp_path / "models" / "calibration.json")
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "metrics.json").write_text(json.dumps({"logloss": 0.0001, "auc": 1.0}))
     test = chunk_meta.assign(subset="test")
