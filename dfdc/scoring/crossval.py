@@ -5,7 +5,8 @@ fakes were, of people it has seen. These protocols (DeepfakeBench's cross-manipu
 protocol, extended to identities) retrain the model with one manipulation kind, or every
 video of one identity, hidden from training, validation and calibration, and score only that:
 
-- ``lomo.<kind>``: without that kind's fakes; tested on them, from the families never trained
+- ``lomo.<kind>``: without that face manipulation's fakes (``swap`` with ``swap_voice``'s); tested
+  on them, from the families never trained
   on (the split's val, calib and test subsets), with the test subset's reals;
 - ``loio.<identity>``: without every video whose scene shows that identity or whose swap
   shows its face (``donor``); tested on all of those, whichever subset held them;
@@ -88,6 +89,16 @@ def read_manifest(path: Path | None) -> pd.DataFrame:
     return table[list(MANIFEST_COLUMNS)].assign(donor=donor.fillna("").astype(str), modality=modality)
 
 
+def face_manipulation(kind: str) -> str:
+    """The face manipulation of a kind: ``swap`` for ``swap_voice``, the kind itself otherwise.
+
+    ``lomo`` holds out a face manipulation with every kind that uses it, so ``lomo.swap`` never
+    trains on the swapped faces of ``swap_voice`` fakes.
+    """
+    face = MANIPULATIONS.get(kind, (kind, None))[0]
+    return face if face is not None else kind
+
+
 def _kind_modality(kind: str) -> str:
     """A kind's modality: the demo's own for its kinds, ``face`` for any other."""
     return modality_of(kind) if kind == "real" or kind in MANIPULATIONS else "face"
@@ -160,7 +171,8 @@ def _fold(protocol: str, name: str, table: pd.DataFrame, hidden: np.ndarray, tes
 def build_folds(splits: pd.DataFrame, manifest: pd.DataFrame, cfg: CrossvalConfig) -> list[Fold]:
     """Every fold of ``cfg.protocols`` over the split's labelled videos.
 
-    ``lomo`` holds out each kind whose fakes change the face (``FACE_MODALITIES``); voice-only
+    ``lomo`` holds out each face manipulation (``face_manipulation``: ``swap`` with ``swap_voice``)
+    of the fakes that change the face (``FACE_MODALITIES``); voice-only
     fakes train in every fold and are tested in none. Videos touching an identity of
     ``cfg.exclude_identities`` take part in no fold. A fold whose training would lack reals
     or fakes, or that has nothing to test, is an error.
@@ -172,10 +184,11 @@ def build_folds(splits: pd.DataFrame, manifest: pd.DataFrame, cfg: CrossvalConfi
     if "iid" in cfg.protocols:
         nothing = np.zeros(len(table), dtype=bool)
         folds.append(_fold("iid", "none", table, nothing, (table["subset"] == "test").to_numpy()))
-    if "lomo" in cfg.protocols:  # the kinds the face branch can see
+    if "lomo" in cfg.protocols:  # the face manipulations the face branch can see
         face_fakes = (table["y"] == 1) & table["modality"].isin(FACE_MODALITIES)
-        for kind in sorted(table.loc[face_fakes, "kind"].unique()):
-            hidden = (table["kind"] == kind).to_numpy() & (table["y"] == 1).to_numpy()
+        face_of = table["kind"].astype(str).map(face_manipulation)
+        for kind in sorted(face_of[face_fakes].unique()):
+            hidden = (face_of == kind).to_numpy() & face_fakes.to_numpy()
             unseen_family = (table["subset"] != "train").to_numpy()
             test_reals = ((table["y"] == 0) & (table["subset"] == "test")).to_numpy()
             folds.append(_fold("lomo", kind, table, hidden, (hidden & unseen_family) | test_reals))

@@ -135,7 +135,10 @@ def test_voice_only_fakes_train_but_get_no_lomo_fold_and_are_never_scored() -> N
     assert set(voice["subset"]) == set(SUBSETS)  # voice fakes in every subset of the split
     folds = build_folds(splits, manifest, CrossvalConfig())
     lomo = [f.held_out for f in folds if f.protocol == "lomo"]
-    assert lomo == sorted([*KINDS, "swap_voice"])  # swap_voice changes the face too: a fold
+    assert lomo == sorted(KINDS)  # swap_voice's face is a swap: held out with the swaps
+    swap = next(f for f in folds if f.key == "lomo.swap")
+    held = swap.videos[swap.videos["kind"].isin(["swap", "swap_voice"])]
+    assert not held.empty and (held["subset"] != "train").all()  # neither trains in lomo.swap
     for fold in folds:
         v = fold.videos
         assert not (v.loc[v["subset"] != "train", "modality"] == "voice").any(), fold.key
