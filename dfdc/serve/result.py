@@ -72,6 +72,21 @@ class Suspicious(Frame):
     thumbnail: str | None = Field(None, pattern=_IMAGE)
 
 
+class VoiceWindow(_Closed):
+    """One scored stretch of the sound track."""
+
+    start: float  # seconds into the file
+    end: float
+    label: float = Field(ge=0, le=1)  # P(FAKE) from this stretch's voice alone
+
+
+class Voice(_Closed):
+    """The voice branch's view: its status and the score of each audio window."""
+
+    status: str  # ok, or why the sound track was not used (no_audio, silent ...)
+    windows: list[VoiceWindow]
+
+
 class Reading(_Closed):
     """The score in plain words."""
 
@@ -102,6 +117,7 @@ class Result(_Closed):
     reading: Reading
     persons: list[Person]
     suspicious_frames: list[Suspicious]
+    voice: Voice | None = None  # None: the model has no voice branch
     model: ModelInfo
 
 
@@ -118,15 +134,19 @@ def model_info(bundle_dir: Path, bundle: Bundle) -> ModelInfo:
     )
 
 
-def reading(label: float, status: str) -> Reading:
-    """The score in words, and what it does not mean."""
+def reading(label: float, status: str, voice: bool = False) -> Reading:
+    """The score in words, and what it does not mean (``voice``: the model listens too)."""
+    not_meant = list(NOT_MEANT)
+    if voice:
+        not_meant[0] = not_meant[0].replace("a face-swap fake", "a fake (face or voice manipulated)")
+        not_meant[1] = not_meant[1].replace("looks only at faces", "looks only at faces and the voice")
     if status != "ok":
         why = WHY.get(status, status.replace("_", " "))
         return Reading(
             verdict=f"No verdict: {why}",
             explanation=f"The score shown ({label:.0%}) is the fallback the model gives every video it "
             "cannot judge from faces; it says nothing about this video.",
-            not_meant=list(NOT_MEANT),
+            not_meant=not_meant,
         )
     bands = (
         (0.8, "Likely manipulated", "the detector finds strong signs of a swapped face."),
@@ -136,11 +156,13 @@ def reading(label: float, status: str) -> Reading:
         (0.0, "Likely authentic", "the detector finds no sign of a swapped face."),
     )
     verdict, why = next((v, w) for low, v, w in bands if label >= low)
+    if voice:
+        why = why.replace("a swapped face", "a swapped face or voice")
     return Reading(
         verdict=verdict,
         explanation=f"P(FAKE) = {label:.3f}: {why} Of videos that score like this among those the "
         f"model was tested on, about {round(label * 100)} in 100 were fakes.",
-        not_meant=list(NOT_MEANT),
+        not_meant=not_meant,
     )
 
 
@@ -175,10 +197,17 @@ def build_result(
     every.sort(key=lambda fp: -fp[0]["label"])
     suspicious = [Suspicious(person=p, thumbnail=thumb(f), **_frame(f)) for f, p in every[:N_SUSPICIOUS]]
     label = float(row["label"])
+    listens = row.get("voice_status", "off") != "off"
+    voice = None
+    if listens:
+        spoken = details.get("voice") or []
+        windows = [VoiceWindow(start=w["start"], end=w["end"], label=w["label"]) for w in spoken]
+        voice = Voice(status=row["voice_status"], windows=windows)
     return Result(
         filename=filename, label=label, status=row["status"], detail=row["detail"],
         n_faces=int(row["n_faces"]), duration_s=round(duration_s, 3) or None,
-        reading=reading(label, row["status"]), persons=persons, suspicious_frames=suspicious, model=info,
+        reading=reading(label, row["status"], listens), persons=persons, suspicious_frames=suspicious,
+        voice=voice, model=info,
     )  # fmt: skip
 
 

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
     from conftest import Demo
 
+    from dfdc.audio.model import VoiceCheckpoint
+    from dfdc.model.backbone import Checkpoint
+
 
 @pytest.fixture(scope="module")
 def bundle(serve_bundle_dir: Path) -> Bundle:
@@ -176,7 +179,7 @@ def test_report_is_one_self_contained_file(client: TestClient, videos: list[Path
     result = _post(client, videos[0])["json"]
     response = client.post("/api/report", json=result)
     assert response.status_code == 200
-    assert response.headers["content-disposition"].startswith("attachment; filename=\"deepfake-report-")
+    assert response.headers["content-disposition"].startswith('attachment; filename="deepfake-report-')
     html = response.text
     assert f"P(FAKE) = {result['label']:.3f}" in html and "not proof" in html
     assert "<script" not in html and "http://" not in html and "https://" not in html
@@ -196,3 +199,35 @@ def test_cli_refuses_a_bad_bundle(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(cli, ["serve", "--model", str(tmp_path / "nothing"), "--params", "none.yaml"])
     assert result.exit_code == 2 and "not a dfdc bundle" in result.output
+
+
+def test_a_voice_bundle_shows_the_voice_per_window(
+    untrained_checkpoint: Checkpoint, untrained_voice: VoiceCheckpoint, videos: list[Path], tmp_path: Path
+) -> None:
+    """With a voice branch the page says so and lists each audio window's score; a face-only one does not."""
+    from dfdc.release.bundle import build_bundle
+    from dfdc.scoring.calibrate import Calibration
+    from dfdc.scoring.fusion import Fusion
+
+    fused = Calibration(2.0, 0.05, 0.95, 0.5, fusion=Fusion("noisy_or").to_json())
+    bundle_dir = build_bundle(
+        untrained_checkpoint, fused, {"logloss": 0.6}, tmp_path / "b", voice=untrained_voice
+    )
+    bundle = load_bundle(bundle_dir)
+    with TestClient(create_app(bundle_dir, ServeConfig(queue=1), bundle)) as voice_client:
+        body = _post(voice_client, videos[0])["json"]
+        html = voice_client.post("/api/report", json=body).text
+    expected = score_videos(bundle, videos[:1], progress=False, details=True).iloc[0]
+    assert body["label"] == pytest.approx(expected["label"], abs=1e-6)
+    assert body["voice"]["status"] == "ok"
+    assert [w["label"] for w in body["voice"]["windows"]] == pytest.approx(
+        [w["label"] for w in expected["details"]["voice"]]
+    )
+    assert "face or voice" in body["reading"]["not_meant"][0]
+    assert 'id="voice-windows"' in html and "P(FAKE) of the voice" in html
+
+
+def test_a_face_only_bundle_has_no_voice_section(client: TestClient, videos: list[Path]) -> None:
+    body = _post(client, videos[0])["json"]
+    assert body["voice"] is None and "face or voice" not in " ".join(body["reading"]["not_meant"])
+    assert 'id="voice"' not in client.post("/api/report", json=body).text
