@@ -14,16 +14,18 @@ import yaml
 
 from dfdc.demo.generate import DemoSpec, generate_demo_data
 
+FACE_KINDS = ("swap", "lowres", "colour")  # plain at 160x120; the subtle kinds are the demo's
 TINY = DemoSpec(
     chunks=2, originals_per_chunk=4, fakes_per_original=3, test_videos=4,
     width=160, height=120, duration=1.0, fps=10, seed=1,
-    kinds=("swap", "lowres", "colour"),  # plain at 160x120; the subtle kinds are the demo's
+    kinds=(*FACE_KINDS, "voice"),  # voice fakes too: the voice stage trains and the bundle fuses
 )  # fmt: skip
 
 
 # Twice the originals: enough test videos (12) that "beats the prior" is a finding, not luck,
-# trained long enough (from scratch on 64 px crops) to learn more than a ranking.
-LEARNING = replace(TINY, originals_per_chunk=8)
+# trained long enough (from scratch on 64 px crops) to learn more than a ranking. Face fakes
+# only: its figures are the face branch's (the voice stage leaves an untrained placeholder).
+LEARNING = replace(TINY, originals_per_chunk=8, kinds=FACE_KINDS)
 LEARNING_EPOCHS = 8
 
 

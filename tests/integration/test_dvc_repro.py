@@ -30,6 +30,12 @@ def test_repro_runs_every_stage_then_only_what_changed(project: tuple[Path, dict
     assert ran(first) == set(STAGES)
     assert json.loads((root / "reports/metrics.json").read_text())["n_videos"] > 0
     assert (root / "dist/submission/model.safetensors").is_file()
+    # the tiny data has voice fakes: the voice stage trained and the bundle fuses both branches
+    assert json.loads((root / "reports/voice.json").read_text())["n_train"] > 0
+    assert (root / "dist/submission/voice.safetensors").is_file()
+    protocol = json.loads((root / "dist/submission/protocol.json").read_text())
+    assert protocol["fusion"]["method"] == "logreg" and protocol["voice"]["sample_rate"] == 16000
+    assert json.loads((root / "reports/labels.json").read_text())["audio_changed"] > 0
     assert len(pd.read_csv(root / "submission.csv")) == 4
 
     again = run(["dvc", "repro"], root, env)
