@@ -164,6 +164,24 @@ def _audio_only_mp4(path: Path) -> Path:
     return path
 
 
+def _video_only(src: Path, dst: Path) -> Path:
+    """``src``'s video packets alone in ``dst``'s container (its suffix says which): same frames, no audio."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = inp.streams.video[0]
+        target = out.add_stream_from_template(stream)
+        for packet in inp.demux(stream):
+            if packet.dts is not None:
+                packet.stream = target
+                out.mux(packet)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def video_only() -> Callable[[Path, Path], Path]:
+    """Copies a video's H.264 packets, and nothing else, into another file (remuxed, not re-encoded)."""
+    return _video_only
+
+
 @pytest.fixture(scope="session")
 def faceless_mp4() -> Callable[[Path], Path]:
     """Writes a faceless H.264 video to the given path and returns it."""

@@ -525,20 +525,6 @@ def test_dfdc_predict_refuses_a_missing_path_without_a_traceback(bundle_dir: Pat
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
-def _remux(src: Path, dst: Path) -> Path:
-    """The same H.264 packets in another container (its suffix says which): the same frames."""
-    import av
-
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        stream = inp.streams.video[0]
-        target = out.add_stream_from_template(stream)
-        for packet in inp.demux(stream):
-            if packet.dts is not None:
-                packet.stream = target
-                out.mux(packet)
-    return dst
-
-
 def _reencode(src: Path, dst: Path, codec: str) -> Path:
     """Every frame of ``src`` encoded afresh with ``codec`` into ``dst``'s container."""
     import av
@@ -555,14 +541,18 @@ def _reencode(src: Path, dst: Path, codec: str) -> Path:
 
 
 def test_videos_of_every_container_in_any_case_are_scored(
-    bundle_dir: Path, inputs: dict[str, list[Path]], scores: pd.DataFrame, tmp_path: Path
+    bundle_dir: Path,
+    inputs: dict[str, list[Path]],
+    scores: pd.DataFrame,
+    tmp_path: Path,
+    video_only: Callable[[Path, Path], Path],
 ) -> None:
     first, second = inputs["good"][:2]
     folder = tmp_path / "videos"
     folder.mkdir()
     shutil.copy(first, folder / "UPPER.MP4")
-    _remux(second, folder / "phone.mov")
-    _remux(second, folder / "clip.MKV")
+    video_only(second, folder / "phone.mov")  # the same H.264 packets in other containers
+    video_only(second, folder / "clip.MKV")
     _reencode(first, folder / "web.webm", "libvpx-vp9")
     _reencode(first, folder / "old.avi", "libx264")
     (folder / "notes.txt").write_text("not a video\n")

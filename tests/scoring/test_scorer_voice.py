@@ -19,23 +19,13 @@ from dfdc.scoring.calibrate import Calibration
 from dfdc.scoring.fusion import Fusion
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from conftest import Demo
 
 WEIGHTS = (0.8, 1.7)
 CAL = Calibration(1.3, 0.02, 0.98, 0.6, bias=0.2, fusion=Fusion("logreg", WEIGHTS).to_json())
 RUN = ScoreConfig(device="cpu", workers=0)
-
-
-def _without_audio(src: Path, dst: Path) -> Path:
-    """``src``'s video stream alone, packets copied: the same frames, no audio track."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
-        vin = inp.streams.video[0]
-        vout = out.add_stream_from_template(vin)
-        for packet in inp.demux(vin):
-            if packet.dts is not None:
-                packet.stream = vout
-                out.mux(packet)
-    return dst
 
 
 def _faceless_with_speech(src: Path, dst: Path) -> Path:
@@ -74,12 +64,14 @@ def voice_bundle(
 
 
 @pytest.fixture(scope="module")
-def clips(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def clips(
+    demo: Demo, tmp_path_factory: pytest.TempPathFactory, video_only: Callable[[Path, Path], Path]
+) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("voice-clips")
     speaking = list_videos(demo.test_dir)[0]
     return {
         "both": speaking,
-        "face_only": _without_audio(speaking, tmp / "noaudiovid.mp4"),
+        "face_only": video_only(speaking, tmp / "noaudiovid.mp4"),  # the same frames, no audio track
         "voice_only": _faceless_with_speech(speaking, tmp / "facelessvd.mp4"),
     }
 
