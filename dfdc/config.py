@@ -294,7 +294,7 @@ class CalibrateConfig(Strict):
     clip_min: float = Field(0.01, gt=0, lt=0.5)
     clip_max: float = Field(0.99, gt=0.5, lt=1)
     # face and voice logits into one (``dfdc.scoring.fusion``): face | voice | rule | noisy_or | logreg
-    fusion: Literal["face", "voice", "rule", "noisy_or", "logreg"] = "logreg"
+    fusion: Literal["face", "voice", "rule", "noisy_or", "logreg"] = "noisy_or"
     fusion_weight_sd: float = Field(2.0, gt=0)  # logreg: each weight ~ N(1, sd^2) on the calib subset
     output: Path = Path("models/calibration.json")
 

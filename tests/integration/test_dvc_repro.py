@@ -34,7 +34,7 @@ def test_repro_runs_every_stage_then_only_what_changed(project: tuple[Path, dict
     assert json.loads((root / "reports/voice.json").read_text())["n_train"] > 0
     assert (root / "dist/submission/voice.safetensors").is_file()
     protocol = json.loads((root / "dist/submission/protocol.json").read_text())
-    assert protocol["fusion"]["method"] == "logreg" and protocol["voice"]["sample_rate"] == 16000
+    assert protocol["fusion"]["method"] == "noisy_or" and protocol["voice"]["sample_rate"] == 16000
     assert json.loads((root / "reports/labels.json").read_text())["audio_changed"] > 0
     assert len(pd.read_csv(root / "submission.csv")) == 4
 
