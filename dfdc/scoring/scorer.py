@@ -186,6 +186,10 @@ class Scorer:
             return {"voice": audio_windows(path, self.protocol.voice), "voice_status": "ok"}
         except VideoError as err:  # AudioError: no_audio, silent, audio_decode_error ...
             return {"voice_status": err.reason, "voice_detail": err.detail}
+        except Exception as err:  # anything else: the faces still decide, and the reason is kept
+            reason = " ".join(f"{type(err).__name__}: {err}".split())
+            _LOG.warning("%s: audio not used after %s", path.name, reason)
+            return {"voice_status": "audio_error", "voice_detail": reason}
 
     def _prepared(self, paths: list[Path]) -> Iterator[_Prepared]:
         """Each video prepared, in input order, by ``workers`` threads running ahead of the caller."""

@@ -143,3 +143,18 @@ def test_a_face_only_bundle_never_opens_the_audio(
     rows = score_videos(bundle, [clips["both"], clips["voice_only"]], progress=False, run=RUN)
     assert rows["voice_status"].tolist() == ["off", "off"]
     assert rows["status"].tolist() == ["ok", "no_face"]
+
+
+def test_an_unexpected_audio_failure_leaves_the_face_to_decide(
+    voice_bundle: Path, clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dfdc.audio.features
+
+    def broken(path: Path, cfg: AudioConfig) -> None:
+        raise RuntimeError("resampler exploded")
+
+    monkeypatch.setattr(dfdc.audio.features, "audio_windows", broken)
+    row = score_videos(load_bundle(voice_bundle), [clips["both"]], progress=False, run=RUN).iloc[0]
+    assert row["status"] == "ok" and row["voice_status"] == "audio_error" and np.isnan(row["voice_logit"])
+    assert row["logit"] == pytest.approx(WEIGHTS[0] * row["face_logit"])
+    assert row["detail"] == "audio_error: scored by the face alone"
