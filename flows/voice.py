@@ -17,7 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from dfdc.audio.model import VoiceCheckpoint, build_voice_model
-from dfdc.audio.store import chunk_dir, chunk_finished, summary_line, write_chunk
+from dfdc.audio.store import INDEX_FILE, chunk_dir, chunk_finished, summary_line, write_chunk
 from dfdc.audio.train import (
     VoiceResult,
     clip_metrics,
@@ -41,7 +41,7 @@ def features(params: Params, chunk: str, videos: pd.DataFrame) -> pd.DataFrame:
     out = chunk_dir(params.voice.features_dir, chunk)
     if chunk_finished(out, videos["filename"], params.audio):
         print(f"{chunk}: kept (finished)")
-        return pd.read_parquet(out / "index.parquet")
+        return pd.read_parquet(out / INDEX_FILE)
     index = write_chunk(chunk, list(videos["path"]), out, params.audio)
     print(summary_line(chunk, index, out))
     return index
@@ -97,28 +97,22 @@ def voice_flow(params_path: str = "params.yaml") -> dict[str, float]:
     logged = {"audio": params.audio.model_dump(mode="json"), "voice": cfg.model_dump(mode="json"),
               "aggregate": params.aggregate.model_dump(mode="json")}  # fmt: skip
     with training_run(params.registry, logged, tags) as run_id:
-        if trained:
-            result = fit(params, run_id, targets)
-            summary = {
-                "best_epoch": result.best_epoch,
-                "val_logloss": result.val_logloss,
-                "val_auc": result.val_auc,
-            }
+        if trained:  # the val figures below are the selected epoch's: its checkpoint scores them
+            best_epoch = fit(params, run_id, targets).best_epoch
         else:  # a placeholder the scorer recognises (epoch -1): nothing to learn a voice fake from
             print("voice: no voice fake (or no genuine voice) among the training videos; no model trained")
             VoiceCheckpoint(params.audio, build_voice_model(params.audio).state_dict(), -1, math.nan).save(
                 cfg.checkpoint
             )
-            summary = {"best_epoch": -1, "val_logloss": math.nan, "val_auc": math.nan}
+            best_epoch = -1
         scores = score(params, splits)
         metrics = {
-            **summary,
+            "best_epoch": best_epoch,
             **_subset_metrics(scores, targets, "train"),
             **_subset_metrics(scores, targets, "val"),
             **_subset_metrics(scores, targets, "test"),
             "n_no_audio": int((scores["windows"] == 0).sum()),
         }
-        metrics["val_logloss"], metrics["val_auc"] = summary["val_logloss"], summary["val_auc"]
         log_metrics(run_id, {f"final_{k}": v for k, v in metrics.items()})
         log_artifact(run_id, cfg.checkpoint, "voice")
     cfg.run_file.parent.mkdir(parents=True, exist_ok=True)

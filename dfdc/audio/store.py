@@ -55,13 +55,16 @@ def chunk_dir(features_dir: Path, chunk: str) -> Path:
     return Path(features_dir) / chunk
 
 
+def _made_under(index_path: Path, cfg: AudioConfig) -> bool:
+    """Whether the index's recorded feature protocol is ``cfg``'s."""
+    meta = pq.read_schema(index_path).metadata or {}
+    return meta.get(_META_KEY, b"").decode() == features_fingerprint(cfg)
+
+
 def chunk_finished(out_dir: Path, videos: Iterable[str], cfg: AudioConfig) -> bool:
     """Whether ``out_dir`` holds a finished chunk of exactly ``videos`` under this feature protocol."""
     index_path = out_dir / INDEX_FILE
-    if not index_path.is_file() or not (out_dir / DATA_FILE).is_file():
-        return False
-    meta = pq.read_schema(index_path).metadata or {}
-    if meta.get(_META_KEY, b"").decode() != features_fingerprint(cfg):
+    if not index_path.is_file() or not (out_dir / DATA_FILE).is_file() or not _made_under(index_path, cfg):
         return False
     stored = pq.read_table(index_path, columns=["video"]).column("video").to_pylist()
     return sorted(stored) == sorted(videos)
@@ -123,17 +126,6 @@ def summary_line(chunk: str, index: pd.DataFrame, out_dir: Path | None = None) -
     )
 
 
-def read_store_index(features_dir: Path, chunks: Iterable[str]) -> pd.DataFrame:
-    """The indexes of several chunks; a chunk without a finished index is an error."""
-    frames = []
-    for chunk in chunks:
-        path = chunk_dir(features_dir, chunk) / INDEX_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no audio features for this chunk; run `dfdc voice` first")
-        frames.append(pd.read_parquet(path))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(INDEX_COLUMNS))
-
-
 @dataclass(frozen=True)
 class ChunkWindows:
     """One finished chunk: its index and its windows, mapped from disk (float16)."""
@@ -155,8 +147,7 @@ def open_chunk(out_dir: Path, cfg: AudioConfig) -> ChunkWindows:
     index_path = out_dir / INDEX_FILE
     if not index_path.is_file():
         raise FileNotFoundError(f"{index_path}: chunk not finished; run `dfdc voice` first")
-    meta = pq.read_schema(index_path).metadata or {}
-    if meta.get(_META_KEY, b"").decode() != features_fingerprint(cfg):
+    if not _made_under(index_path, cfg):
         raise ValueError(f"{index_path}: windows made with other audio settings; run `dfdc voice` again")
     index = pd.read_parquet(index_path)
     shape = (cfg.n_mels, cfg.window_frames)

@@ -63,11 +63,6 @@ class Fusion:
         """Whether the voice branch takes part (its model must then travel with the face model)."""
         return self.method != "face"
 
-    @property
-    def uses_face(self) -> bool:
-        """Whether the face branch takes part."""
-        return self.method != "voice"
-
     def logit(self, face: np.ndarray | float, voice: np.ndarray | float) -> np.ndarray:
         """The fused logit of each video; NaN where no branch the method uses has a score."""
         f = np.asarray(face, dtype=float)
