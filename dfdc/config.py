@@ -184,13 +184,17 @@ class AudioConfig(Strict):
     silence_rel_db: float = Field(-40.0, lt=0)
     silence_floor_dbfs: float = Field(-60.0, lt=0)
     silence_frame_s: float = Field(0.02, gt=0)  # the RMS window
-    n_fft: int = Field(512, ge=64)  # 32 ms at 16 kHz
+    n_fft: int = Field(1024, ge=64)  # 64 ms at 16 kHz: resolves the harmonics of a 100 Hz voice
     hop_length: int = Field(160, ge=1)  # 10 ms at 16 kHz
-    n_mels: int = Field(64, ge=8)
+    n_mels: int = Field(128, ge=8)
     fmin: float = Field(20.0, ge=0)
     fmax: float | None = Field(None, gt=0)  # None: half the sample rate
     window_s: float = Field(1.0, gt=0)  # the model scores windows of this length ...
-    window_hop_s: float = Field(0.5, gt=0)  # ... this far apart; the clip's logit is their mean
+    window_hop_s: float = Field(0.5, gt=0)  # ... this far apart
+    # The windows' logits pooled (``dfdc.audio.model.pool_windows``): their mean, or their log-mean-exp
+    # at ``pool_temperature`` (a soft maximum, for long clips where an edit shows in a few windows).
+    pool: Literal["mean", "lse"] = "mean"
+    pool_temperature: float = Field(1.0, gt=0)
     width: int = Field(16, ge=4)  # channels of the voice model's first block (LCNN-style, MFM)
     dropout: float = Field(0.1, ge=0, lt=1)
 
@@ -238,6 +242,9 @@ class VoiceConfig(Strict):
     time_mask_s: float = Field(0.1, ge=0)  # SpecAugment: one band of up to this many seconds blanked
     freq_masks: int = Field(8, ge=0)  # ... and one band of up to this many mel bins
     noise_db: float = Field(1.0, ge=0)  # Gaussian noise of this sd on the log-mel (dB)
+    # The clip head: the pooled windows' logit and the clip's pitch spread joined by a noisy-OR fitted
+    # on the val clips (``dfdc.audio.train.fit_clip_head``); false: the pooled logit alone.
+    prosody: bool = True
     seed: int = 0
     threads: int = Field(1, ge=0)  # torch intra-op threads (0: torch's default)
     checkpoint: Path = Path("models/voice.pt")  # the best epoch (``dfdc.audio.model.VoiceCheckpoint``)

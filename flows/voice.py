@@ -56,7 +56,7 @@ def fit(params: Params, run_id: str, targets: pd.DataFrame) -> VoiceResult:
     print(f"voice: {len(train.videos)} train videos ({int(train.videos['target'].sum())} voice fakes), "
           f"{len(train.video_of)} windows; {len(val.videos)} val videos")  # fmt: skip
     return train_voice(
-        train, val, params.audio, cfg, params.aggregate,
+        train, val, params.audio, cfg,
         on_epoch=lambda epoch, metrics: log_metrics(run_id, metrics, step=epoch),
     )  # fmt: skip
 
@@ -65,7 +65,7 @@ def fit(params: Params, run_id: str, targets: pd.DataFrame) -> VoiceResult:
 def score(params: Params, splits: pd.DataFrame) -> pd.DataFrame:
     """Clip logits of every video of the splits (NaN with the reason when a video has no usable audio)."""
     checkpoint = VoiceCheckpoint.load(params.voice.checkpoint)
-    scores = score_videos(checkpoint, params.voice.features_dir, splits, params.aggregate)
+    scores = score_videos(checkpoint, params.voice.features_dir, splits)
     if not checkpoint.trained:
         scores["voice_logit"], scores["voice_status"] = np.nan, UNTRAINED
     params.voice.scores.parent.mkdir(parents=True, exist_ok=True)
@@ -94,8 +94,7 @@ def voice_flow(params_path: str = "params.yaml") -> dict[str, float]:
     targets = read_targets(splits, params.labels.out_dir, cfg.untouched)
     trained = has_both_classes(targets)
     tags = {"branch": "voice", "git_commit": git_commit(), "data_version": dvc_hash(cfg.features_dir)}
-    logged = {"audio": params.audio.model_dump(mode="json"), "voice": cfg.model_dump(mode="json"),
-              "aggregate": params.aggregate.model_dump(mode="json")}  # fmt: skip
+    logged = {"audio": params.audio.model_dump(mode="json"), "voice": cfg.model_dump(mode="json")}
     with training_run(params.registry, logged, tags) as run_id:
         if trained:  # the val figures below are the selected epoch's: its checkpoint scores them
             best_epoch = fit(params, run_id, targets).best_epoch

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from dfdc.audio.decode import Audio, AudioError, read_audio
+from dfdc.audio.pitch import pitch_spread
 from dfdc.config import AudioConfig
 
 _LOG_FLOOR = 1e-10  # power floor of the log (-100 dB): digital silence stays finite
@@ -107,6 +108,21 @@ def log_mel(samples: np.ndarray, sample_rate: int, cfg: AudioConfig) -> np.ndarr
     return (db - db.mean()).astype(np.float32)
 
 
+def log_mel_frames(n_samples: int, cfg: AudioConfig) -> int:
+    """How many frames ``log_mel`` makes of ``n_samples`` samples."""
+    return 1 + (max(n_samples, cfg.n_fft) - cfg.n_fft) // cfg.hop_length
+
+
+def window_starts(n_frames: int, cfg: AudioConfig) -> np.ndarray:
+    """The first frame of each window ``cut_windows`` cuts from ``n_frames`` log-mel frames."""
+    size, hop = cfg.window_frames, cfg.window_hop_frames
+    total = max(n_frames, size)
+    starts = list(range(0, total - size + 1, hop))
+    if starts[-1] != total - size:
+        starts.append(total - size)
+    return np.asarray(starts, dtype=np.int64)
+
+
 def cut_windows(mel: np.ndarray, cfg: AudioConfig) -> tuple[np.ndarray, np.ndarray]:
     """``(windows, starts)``: (n, 1, n_mels, window_frames) float32 and each window's first frame.
 
@@ -114,16 +130,12 @@ def cut_windows(mel: np.ndarray, cfg: AudioConfig) -> tuple[np.ndarray, np.ndarr
     A clip shorter than one window is repeated to fill it (padding with a constant would make
     "short" a feature of its own).
     """
-    size, hop = cfg.window_frames, cfg.window_hop_frames
-    total = mel.shape[1]
-    if total < size:
-        mel = np.pad(mel, ((0, 0), (0, size - total)), mode="wrap")
-        total = size
-    starts = list(range(0, total - size + 1, hop))
-    if starts[-1] != total - size:
-        starts.append(total - size)
+    size = cfg.window_frames
+    if mel.shape[1] < size:
+        mel = np.pad(mel, ((0, 0), (0, size - mel.shape[1])), mode="wrap")
+    starts = window_starts(mel.shape[1], cfg)
     windows = np.stack([mel[:, s : s + size] for s in starts])[:, None]
-    return windows.astype(np.float32), np.asarray(starts, dtype=np.int64)
+    return windows.astype(np.float32), starts
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,8 @@ class AudioWindows:
     """A clip's windows ready for the voice model, with where they came from.
 
     ``start_s`` is each window's start in seconds of the *trimmed* track; ``trim_start_s`` and
-    ``trimmed_s`` say where the sound began in the file and how long it lasts.
+    ``trimmed_s`` say where the sound began in the file and how long it lasts; ``pitch_spread``
+    is the trimmed track's (``dfdc.audio.pitch``, NaN with too little voicing).
     """
 
     windows: np.ndarray  # (n, 1, n_mels, window_frames) float32
@@ -139,6 +152,7 @@ class AudioWindows:
     trim_start_s: float
     trimmed_s: float
     audio: Audio
+    pitch_spread: float = float("nan")
 
 
 def features_of_audio(audio: Audio, cfg: AudioConfig, path: Path = Path()) -> AudioWindows:
@@ -147,14 +161,15 @@ def features_of_audio(audio: Audio, cfg: AudioConfig, path: Path = Path()) -> Au
     if stop <= start:
         peak = float(np.abs(audio.samples).max(initial=0.0))
         raise AudioError(path, "silent", f"peak {float(_db(peak * peak)):.1f} dBFS")
-    mel = log_mel(audio.samples[start:stop], audio.sample_rate, cfg)
-    windows, starts = cut_windows(mel, cfg)
+    sound = audio.samples[start:stop]
+    windows, starts = cut_windows(log_mel(sound, audio.sample_rate, cfg), cfg)
     return AudioWindows(
         windows=windows,
         start_s=starts * cfg.hop_length / audio.sample_rate,
         trim_start_s=start / audio.sample_rate,
         trimmed_s=(stop - start) / audio.sample_rate,
         audio=audio,
+        pitch_spread=pitch_spread(sound, audio.sample_rate),
     )
 
 

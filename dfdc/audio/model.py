@@ -4,8 +4,11 @@ LCNN (the ASVspoof 2019 winner's light CNN) replaces ReLU by max-feature-map (MF
 convolution makes twice the channels and keeps the larger of each pair, a competitive
 activation that halves the width and acts as feature selection; 1x1 "network in network"
 convolutions sit between the 3x3 ones. With the default width this is ~0.1 M parameters,
-small enough to train on a CPU within the demo's budget. The clip's logit comes from the
-windows' logits through the same rule as a video's from its frames (``dfdc.scoring.aggregate``).
+small enough to train on a CPU within the demo's budget. The windows' logits are pooled by a
+soft maximum (``pool_windows``), the pooling of multiple-instance learning: a voice converted
+throughout lifts every window, a spliced stretch only the windows at its edges. A clip head
+then weighs that against how far the clip's pitch spreads (``dfdc.audio.pitch``), which a
+second voice spliced in widens and no one-second window sees (``clip_logit``).
 """
 
 from __future__ import annotations
@@ -13,14 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 from torch import nn
 
-from dfdc.config import AggregateConfig, AudioConfig
-from dfdc.scoring.aggregate import video_logit
+from dfdc.config import AudioConfig
 
 
 class MaxFeatureMap(nn.Module):
@@ -62,6 +64,9 @@ class VoiceNet(nn.Module):
             nn.Dropout(dropout), nn.Linear(8 * w, 2 * w), MaxFeatureMap(),
             nn.Dropout(dropout), nn.Linear(w, 1),
         )  # fmt: skip
+        # The clip head, fitted after training (``dfdc.audio.train.fit_clip_head``); see ``clip_logit``.
+        # Saved with the weights; until fitted, the pooled logit alone.
+        self.register_buffer("clip_head", torch.tensor(IDENTITY_HEAD))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One logit per window."""
@@ -92,13 +97,61 @@ def window_logits(model: nn.Module, windows: np.ndarray, batch_size: int = 64) -
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def clip_logit(logits: np.ndarray, cfg: AggregateConfig | Mapping[str, Any] | None = None) -> float:
-    """A clip's logit from its windows' logits; NaN without windows.
+def pool_windows(logits: np.ndarray, cfg: AudioConfig | None = None) -> float:
+    """The windows' logits pooled into one (``cfg.pool``); NaN without windows.
 
-    The video rule of ``dfdc.scoring.aggregate`` (the mean by default), the windows standing for
-    the frames of one person, so fusion later treats both modalities' logits alike.
+    ``lse`` is the log-mean-exp ``t * log(mean(exp(z / t)))`` at temperature ``t``: a soft
+    maximum that a few confident windows lift (a spliced stretch's edges are a few windows of
+    twenty) while one window cannot lift it by more than ``t * log(n)`` above the mean. It
+    does not grow with the clip's length, as a log-sum-exp would. ``mean`` is the plain mean.
     """
-    return video_logit(np.asarray(logits, dtype=float), None, cfg)
+    cfg = cfg or AudioConfig()
+    z = np.asarray(logits, dtype=float)
+    if z.size == 0:
+        return float("nan")
+    if cfg.pool == "mean":
+        return float(z.mean())
+    t = cfg.pool_temperature
+    return float(t * (logsumexp(z / t) - np.log(z.size)))
+
+
+IDENTITY_HEAD = (1.0, 0.0, 0.0, -50.0, 0.0)  # the pooled logit alone: the pitch's odds are ~e^-50
+
+
+def clip_logit(
+    logits: np.ndarray,
+    cfg: AudioConfig | None = None,
+    pitch_spread: float = float("nan"),
+    head: np.ndarray | None = None,
+) -> float:
+    """A clip's logit: the noisy-OR of two cues, its windows (pooled) and its pitch spread.
+
+    ``head`` is ``[a, b, c, d, fill]`` (``VoiceNet.clip_head``): P(changed) = 1 - (1 - p_w)(1 - p_f)
+    with p_w = sigmoid(a * pooled + b) and p_f = sigmoid(c * spread + d), a spread of ``fill``
+    where the clip has too little voicing. Either cue alone can call a voice changed: a converted
+    voice lifts the windows, a spliced voice the spread. Without a head, the pooled logit itself;
+    NaN without windows.
+    """
+    pooled = pool_windows(logits, cfg)
+    if head is None or not np.isfinite(pooled):
+        return pooled
+    a, b, c, d, fill = (float(v) for v in head)
+    spread = pitch_spread if np.isfinite(pitch_spread) else fill
+    return float(noisy_or_logit(a * pooled + b, c * spread + d))
+
+
+def noisy_or_logit(x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
+    """logit(1 - (1 - sigmoid(x)) (1 - sigmoid(y))), computed in log space (stable for any x, y)."""
+    def log_sigmoid(t: np.ndarray | float) -> np.ndarray:
+        return -np.logaddexp(0.0, -np.asarray(t, dtype=float))
+
+    log_either = np.logaddexp(log_sigmoid(x) + log_sigmoid(-y), log_sigmoid(y))  # P(x, not y) + P(y)
+    return log_either - (log_sigmoid(-x) + log_sigmoid(-y))  # minus log P(neither)
+
+
+def clip_head(model: nn.Module) -> np.ndarray:
+    """The model's fitted clip head as numbers (see ``VoiceNet``)."""
+    return model.get_buffer("clip_head").detach().cpu().numpy().astype(float)
 
 
 @dataclass(frozen=True)
@@ -147,5 +200,7 @@ class VoiceCheckpoint:
     def build(self, device: str | torch.device = "cpu") -> VoiceNet:
         """The model with these weights, on ``device``, in eval mode."""
         model = build_voice_model(self.audio)
-        model.load_state_dict(dict(self.state_dict))
+        state = dict(self.state_dict)
+        state.setdefault("clip_head", model.get_buffer("clip_head"))  # saved before clip heads: identity
+        model.load_state_dict(state)
         return model.to(device).eval()

@@ -7,7 +7,8 @@
 - ``index.parquet``: one row per video of the chunk's ``metadata.json`` (``INDEX_COLUMNS``):
   ``status`` is ``ok`` or the ``AudioError`` reason (``no_audio``, ``silent``, ``decode_error`` ...),
   ``offset`` and ``windows`` say which rows of ``windows.f16`` are the video's, ``trim_start_s``
-  and ``trimmed_s`` where its sound began and how long it lasts. The schema's metadata carries
+  and ``trimmed_s`` where its sound began and how long it lasts, ``pitch_spread`` how far its
+  pitch spreads (``dfdc.audio.pitch``). The schema's metadata carries
   the feature protocol's fingerprint.
 
 Writing streams: one video's windows in memory at a time, appended to the data file. The index
@@ -36,11 +37,13 @@ from dfdc.config import AudioConfig
 
 DATA_FILE = "windows.f16"
 INDEX_FILE = "index.parquet"
-INDEX_COLUMNS = ("chunk", "video", "status", "detail", "windows", "offset", "trim_start_s", "trimmed_s")
+INDEX_COLUMNS = (
+    "chunk", "video", "status", "detail", "windows", "offset", "trim_start_s", "trimmed_s", "pitch_spread",
+)  # fmt: skip
 OK = "ok"
 DTYPE = np.float16  # log-mel dB minus the clip's mean: |x| < 100, steps of 0.03 dB at most
-FEATURES_CODE_VERSION = 1  # bump when dfdc.audio.features changes what a window holds
-_MODEL_FIELDS = {"width", "dropout"}  # the model's shape: no part of a window
+FEATURES_CODE_VERSION = 2  # bump when dfdc.audio.features changes what a window holds
+_MODEL_FIELDS = {"pool", "pool_temperature", "width", "dropout"}  # the model's: no part of a window
 _META_KEY = b"dfdc.audio.fingerprint"
 
 
@@ -94,7 +97,8 @@ def write_chunk(chunk: str, paths: Sequence[Path], out_dir: Path, cfg: AudioConf
     with (out_dir / DATA_FILE).open("wb") as data:
         for path in paths:
             row = {"chunk": chunk, "video": path.name, "status": OK, "detail": "", "windows": 0,
-                   "offset": offset, "trim_start_s": np.nan, "trimmed_s": np.nan}  # fmt: skip
+                   "offset": offset, "trim_start_s": np.nan, "trimmed_s": np.nan,
+                   "pitch_spread": np.nan}  # fmt: skip
             try:
                 features = audio_windows(path, cfg)
             except AudioError as err:
@@ -104,8 +108,9 @@ def write_chunk(chunk: str, paths: Sequence[Path], out_dir: Path, cfg: AudioConf
                 data.write(np.ascontiguousarray(windows).tobytes())
                 offset += len(windows)
                 row.update(
-                    windows=len(windows), trim_start_s=features.trim_start_s, trimmed_s=features.trimmed_s
-                )
+                    windows=len(windows), trim_start_s=features.trim_start_s, trimmed_s=features.trimmed_s,
+                    pitch_spread=features.pitch_spread,
+                )  # fmt: skip
             rows.append(row)
         data.flush()
         os.fsync(data.fileno())

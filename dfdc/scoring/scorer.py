@@ -260,7 +260,7 @@ class Scorer:
             aggregation = self.calibration.aggregation
             face = video_logit(frame_logits, item.faces.persons, aggregation) if face_ok else np.nan
             window = self._voice_logits(item)
-            voice = self._voice_clip(window)
+            voice = self._voice_clip(window, item)
             status, detail = item.status, item.detail
             if not face_ok and np.isfinite(voice):  # no face, but a voice to judge by
                 status, detail = "ok", f"{item.status}: scored by the voice alone"
@@ -274,13 +274,14 @@ class Scorer:
             return self._error_row(item.path, err, details)
         return row
 
-    def _voice_clip(self, window: np.ndarray) -> float:
-        """The clip's voice logit from its windows' (NaN without any)."""
-        if not len(window):
+    def _voice_clip(self, window: np.ndarray, item: _Prepared) -> float:
+        """The clip's voice logit from its windows' and its pitch spread (NaN without windows)."""
+        if not len(window) or item.voice is None or self.voice_model is None:
             return float("nan")
-        from dfdc.audio.model import clip_logit
+        from dfdc.audio.model import clip_head, clip_logit
 
-        return float(clip_logit(window, self.calibration.aggregation))
+        head = clip_head(self.voice_model)
+        return float(clip_logit(window, self.protocol.voice, item.voice.pitch_spread, head))
 
     # ------------------------------------------------------------- rows
 
@@ -371,9 +372,18 @@ class Scorer:
         return {"fps": fps or None, "persons": out, "voice": spoken}
 
     def _voice_details(self, voice: Any, window: np.ndarray | None) -> list[dict[str, float]] | None:
-        """Each audio window's score, the voice branch alone and calibrated (None: no voice branch/audio)."""
-        if voice is None or window is None or not len(window):
+        """Each audio window's score, the voice branch alone and calibrated (None: no voice branch/audio).
+
+        A window's logit goes through the clip head with the clip's pitch spread, as a clip of that
+        one window would: a spliced voice shows in every window, as in the clip's score.
+        """
+        if voice is None or window is None or not len(window) or self.voice_model is None:
             return None
+        from dfdc.audio.model import clip_head, clip_logit
+
+        head = clip_head(self.voice_model)
+        spread, cfg = voice.pitch_spread, self.protocol.voice
+        window = np.array([clip_logit(z[None], cfg, spread, head) for z in window])
         cal = self.calibration
         probs = cal.probability(cal.fused(np.full(len(window), np.nan), window.astype(float)))
         length = self.protocol.voice.window_s if self.protocol.voice is not None else 0.0

@@ -92,7 +92,7 @@ def test_window_shapes_and_starts(voice: Callable[..., np.ndarray]) -> None:
     starts = [*range(0, frames - CFG.window_frames + 1, CFG.window_hop_frames)]
     if starts[-1] != frames - CFG.window_frames:
         starts.append(frames - CFG.window_frames)  # the tail gets a window of its own
-    assert features.windows.shape == (len(starts), 1, CFG.n_mels, CFG.window_frames) == (4, 1, 64, 100)
+    assert features.windows.shape == (len(starts), 1, CFG.n_mels, CFG.window_frames) == (4, 1, 128, 100)
     assert features.windows.dtype == np.float32 and np.isfinite(features.windows).all()
     np.testing.assert_allclose(features.start_s, np.array(starts) * CFG.hop_length / RATE)
 

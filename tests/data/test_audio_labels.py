@@ -17,6 +17,8 @@ from dfdc.config import AudioConfig, LabelsConfig
 from dfdc.data.audio_labels import (
     AUDIO_LABEL_COLUMNS,
     audio_difference,
+    changed_spans,
+    frame_difference,
     label_audio_chunk,
     raw_locations,
     read_audio_labels,
@@ -88,6 +90,13 @@ def test_voice_fakes_change_their_audio_and_face_fakes_do_not(voiced) -> None:
     swap = fakes.loc[kind[kind != "real"] == "swap", "audio_diff"]
     voices = fakes.loc[kind[kind != "real"] != "swap", "audio_diff"]
     assert swap.max() < CFG.audio_threshold / 2 and voices.min() > 1.5 * CFG.audio_threshold, fakes
+    # where: a conversion spans the whole speech, a splice one stretch inside it, a face fake none
+    spans = fakes.set_index(kind[kind != "real"])["changed_spans"]
+    assert all(s == [] for s in spans[spans.index == "swap"]) and all(s == [] for s in reals["changed_spans"])
+    for whole in spans[spans.index.isin(["voice", "voice_gl"])]:
+        assert len(whole) == 1 and whole[0][1] - whole[0][0] > 0.8 * SPEC.duration
+    for (start, stop), *rest in spans[spans.index == "voice_splice"]:
+        assert not rest and 0.2 < start < stop < SPEC.duration - 0.2 and stop - start < 0.5 * SPEC.duration
 
 
 def test_a_reencoded_unchanged_track_is_not_changed(voiced, tmp_path: Path) -> None:
@@ -115,6 +124,16 @@ def test_a_voice_splice_stands_out_of_an_otherwise_unchanged_track() -> None:
     assert audio_difference(spliced, voice, rate, AUDIO) > 2 * CFG.audio_threshold
     shifted = np.concatenate([np.zeros(round(0.05 * rate), np.float32), voice])  # 50 ms late
     assert audio_difference(shifted, voice, rate, AUDIO) < CFG.audio_threshold / 2
+    # where it changed, in the fake's own time (a late copy of the splice: 50 ms later)
+    for fake, delay in (
+        (spliced, 0.0),
+        (np.concatenate([np.zeros(round(0.05 * rate), np.float32), spliced]), 0.05),
+    ):
+        (span,) = changed_spans(frame_difference(fake, voice, rate, AUDIO), rate, AUDIO, CFG.audio_threshold)
+        assert span == pytest.approx([1.0 + delay, 2.0 + delay], abs=0.06)
+    assert (
+        changed_spans(frame_difference(shifted, voice, rate, AUDIO), rate, AUDIO, CFG.audio_threshold) == []
+    )
     assert np.isnan(audio_difference(voice, np.zeros_like(voice), rate, AUDIO))  # nothing to compare with
 
 

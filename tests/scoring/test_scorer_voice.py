@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import av
 import numpy as np
 import pytest
+import torch
 
 from dfdc.audio.model import VoiceCheckpoint
 from dfdc.config import AudioConfig, ScoreConfig
@@ -158,3 +159,27 @@ def test_an_unexpected_audio_failure_leaves_the_face_to_decide(
     assert row["status"] == "ok" and row["voice_status"] == "audio_error" and np.isnan(row["voice_logit"])
     assert row["logit"] == pytest.approx(WEIGHTS[0] * row["face_logit"])
     assert row["detail"] == "audio_error: scored by the face alone"
+
+
+def test_the_bundle_applies_the_voice_models_clip_head(
+    untrained_checkpoint: Checkpoint, untrained_voice: VoiceCheckpoint, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """A fitted head travels inside the voice weights; the clip's pitch spread feeds it when scored."""
+    from dfdc.audio.features import audio_windows
+    from dfdc.audio.model import clip_logit, window_logits
+
+    head = torch.tensor([0.5, -1.0, 8.0, -2.0, 0.2])
+    state = {**untrained_voice.state_dict, "clip_head": head}
+    fitted = VoiceCheckpoint(untrained_voice.audio, state, 0, 0.5)
+    bundle = load_bundle(build_bundle(untrained_checkpoint, CAL, {}, tmp_path / "b", voice=fitted))
+    row = score_videos(bundle, [clips["both"]], progress=False, details=True, run=RUN).iloc[0]
+    features = audio_windows(clips["both"], fitted.audio)
+    window = window_logits(fitted.build(), features.windows)
+    assert np.isfinite(features.pitch_spread)  # the demo's speech is voiced
+    want = clip_logit(window, fitted.audio, features.pitch_spread, head.numpy())
+    assert row["voice_logit"] == pytest.approx(want, abs=1e-4)
+    assert row["voice_logit"] != pytest.approx(float(window.mean()), abs=1e-3)  # the head did something
+    for w, z in zip(row["details"]["voice"], window, strict=True):  # each window through the same head
+        assert w["logit"] == pytest.approx(
+            clip_logit(z[None], fitted.audio, features.pitch_spread, head.numpy())
+        )
