@@ -191,9 +191,9 @@ class AudioConfig(Strict):
     fmax: float | None = Field(None, gt=0)  # None: half the sample rate
     window_s: float = Field(1.0, gt=0)  # the model scores windows of this length ...
     window_hop_s: float = Field(0.5, gt=0)  # ... this far apart
-    # The windows' logits pooled (``dfdc.audio.model.pool_windows``): their mean, or their log-mean-exp
-    # at ``pool_temperature`` (a soft maximum, for long clips where an edit shows in a few windows).
-    pool: Literal["mean", "lse"] = "mean"
+    # The windows' logits pooled (``dfdc.audio.model.pool_windows``): their log-mean-exp at
+    # ``pool_temperature`` (a soft maximum: a splice shows in the windows at its edges), or their mean.
+    pool: Literal["mean", "lse"] = "lse"
     pool_temperature: float = Field(1.0, gt=0)
     width: int = Field(16, ge=4)  # channels of the voice model's first block (LCNN-style, MFM)
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -210,6 +210,11 @@ class AudioConfig(Strict):
         if self.window_frames < 8:
             raise ValueError("audio.window_s holds fewer than 8 spectrogram frames")
         return self
+
+    @classmethod
+    def from_saved(cls, raw: dict[str, Any]) -> AudioConfig:
+        """The config a checkpoint or bundle saved; one saved before ``pool`` existed pooled by the mean."""
+        return cls.model_validate({"pool": "mean", **raw})
 
     @property
     def window_frames(self) -> int:

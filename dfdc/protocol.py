@@ -92,5 +92,5 @@ class Protocol:
             extract=read_extract(raw["extract"]),
             preprocess=Preprocess(tuple(pre["mean"]), tuple(pre["std"])),
             calibration=Calibration.from_protocol(raw) if "calibration" in raw else None,
-            voice=AudioConfig.model_validate(raw["voice"]) if raw.get("voice") is not None else None,
+            voice=AudioConfig.from_saved(raw["voice"]) if raw.get("voice") is not None else None,
         )

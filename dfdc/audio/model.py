@@ -80,6 +80,13 @@ def build_voice_model(cfg: AudioConfig) -> VoiceNet:
     return VoiceNet(width=cfg.width, dropout=cfg.dropout)
 
 
+def load_voice_weights(model: VoiceNet, state: Mapping[str, torch.Tensor]) -> None:
+    """Load saved weights; ones saved before clip heads existed keep the identity head."""
+    state = dict(state)
+    state.setdefault("clip_head", model.get_buffer("clip_head"))
+    model.load_state_dict(state)
+
+
 def parameter_count(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -191,7 +198,7 @@ class VoiceCheckpoint:
         """Read a checkpoint written by ``save`` (no pickled code is run)."""
         raw = torch.load(Path(path), map_location="cpu", weights_only=True)
         return cls(
-            audio=AudioConfig.model_validate(raw["audio"]),
+            audio=AudioConfig.from_saved(raw["audio"]),
             state_dict=raw["state_dict"],
             epoch=int(raw["epoch"]),
             val_logloss=float(raw["val_logloss"]),
@@ -200,7 +207,5 @@ class VoiceCheckpoint:
     def build(self, device: str | torch.device = "cpu") -> VoiceNet:
         """The model with these weights, on ``device``, in eval mode."""
         model = build_voice_model(self.audio)
-        state = dict(self.state_dict)
-        state.setdefault("clip_head", model.get_buffer("clip_head"))  # saved before clip heads: identity
-        model.load_state_dict(state)
+        load_voice_weights(model, self.state_dict)
         return model.to(device).eval()

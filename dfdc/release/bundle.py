@@ -238,10 +238,10 @@ def _rebuild(bundle_dir: Path) -> Bundle:
     model.load_state_dict(load_file(bundle_dir / WEIGHTS))
     voice_model = None
     if protocol.voice is not None:
-        from dfdc.audio.model import build_voice_model
+        from dfdc.audio.model import build_voice_model, load_voice_weights
 
         voice_model = build_voice_model(protocol.voice)
-        voice_model.load_state_dict(load_file(bundle_dir / VOICE_WEIGHTS))
+        load_voice_weights(voice_model, load_file(bundle_dir / VOICE_WEIGHTS))
         voice_model.eval()
     return Bundle(model=model.eval(), protocol=protocol, metrics=raw["metrics"], voice_model=voice_model)
 
@@ -262,7 +262,9 @@ def _voice_card(protocol: dict) -> str:
 **Voice branch.** The audio track is decoded to mono at {voice["sample_rate"]} Hz, its leading and
 trailing silence trimmed, cut into {voice["window_s"]} s log-mel windows ({voice["n_mels"]} bands)
 every {voice["window_hop_s"]} s and scored by a small LCNN-style CNN (`voice.safetensors`); the
-face and voice logits are fused as {how} before the temperature and shift. A video
+windows' logits are pooled ({voice.get("pool", "mean")}) and joined with the clip's pitch spread (a
+second voice spliced in widens it) by the clip head stored with the weights; the face and voice
+logits are fused as {how} before the temperature and shift. A video
 without usable audio (no track, empty, silent, undecodable) is scored by its face alone, one
 without a face by its voice alone; with neither it gets the fallback.
 """

@@ -47,9 +47,10 @@ def test_max_feature_map_keeps_the_larger_half() -> None:
 
 def test_window_logits_pool_to_their_mean_or_a_soft_maximum() -> None:
     z = np.array([-4.0, -4.0, -4.0, 6.0])  # one window of four holds the edit
-    assert clip_logit(z) == pytest.approx(-1.5)  # the mean by default
+    assert clip_logit(z, AudioConfig(pool="mean")) == pytest.approx(-1.5)
     lse = AudioConfig(pool="lse")
-    pooled = clip_logit(z, lse)
+    pooled = clip_logit(z)  # lse by default
+    assert pooled == clip_logit(z, lse)
     assert z.mean() < 0 < pooled < z.max()  # the one confident window lifts the clip, the mean would not
     assert pooled == pytest.approx(6.0 + np.log(0.25), abs=1e-3)  # log-mean-exp: at most log(n) below the max
     assert clip_logit(np.full(7, 2.5), lse) == pytest.approx(2.5)  # agreeing windows: their logit
@@ -64,14 +65,14 @@ def test_the_clip_head_is_a_noisy_or_of_windows_and_pitch() -> None:
     np.testing.assert_allclose(noisy_or_logit(x, y), np.log(p / (1 - p)), rtol=1e-6)
     assert noisy_or_logit(-800.0, -800.0) == pytest.approx(np.log(2) - 800)  # no overflow either way
     assert np.isfinite(noisy_or_logit(800.0, 800.0))
-    windows = np.array([-2.0, -1.0, 0.0])
+    windows, mean = np.array([-2.0, -1.0, 0.0]), AudioConfig(pool="mean")
     head = np.array([2.0, 0.5, 10.0, -5.0, 0.2])  # windows: 2 z + 0.5; pitch: 10 s - 5; fill 0.2
-    genuine = clip_logit(windows, CFG, 0.2, head)
+    genuine = clip_logit(windows, mean, 0.2, head)
     assert genuine == pytest.approx(float(noisy_or_logit(2 * -1.0 + 0.5, 10 * 0.2 - 5)))
-    assert clip_logit(windows, CFG, 0.9, head) > 3.0 > genuine  # a wide spread alone calls it changed
-    assert clip_logit(windows, CFG, float("nan"), head) == pytest.approx(genuine)  # no voicing: the fill
-    assert clip_logit(windows, CFG, 0.9, np.array(IDENTITY_HEAD)) == pytest.approx(-1.0, abs=1e-9)
-    assert np.isnan(clip_logit(np.array([]), CFG, 0.9, head))
+    assert clip_logit(windows, mean, 0.9, head) > 3.0 > genuine  # a wide spread alone calls it changed
+    assert clip_logit(windows, mean, float("nan"), head) == pytest.approx(genuine)  # no voicing: the fill
+    assert clip_logit(windows, mean, 0.9, np.array(IDENTITY_HEAD)) == pytest.approx(-1.0, abs=1e-9)
+    assert np.isnan(clip_logit(np.array([]), mean, 0.9, head))
 
 
 def test_a_model_carries_its_clip_head_and_an_old_checkpoint_gets_the_identity(tmp_path) -> None:

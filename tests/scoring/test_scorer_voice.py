@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfdc.audio.model import VoiceCheckpoint
+from dfdc.audio.model import VoiceCheckpoint, clip_logit
 from dfdc.config import AudioConfig, ScoreConfig
 from dfdc.model.backbone import Checkpoint
 from dfdc.release.bundle import VOICE_WEIGHTS, build_bundle, load_bundle
@@ -122,7 +122,8 @@ def test_details_give_the_voice_per_window(voice_bundle: Path, clips: dict[str, 
     row = score_videos(bundle, [clips["both"]], progress=False, details=True, run=RUN).iloc[0]
     windows = row["details"]["voice"]
     assert windows and row["details"]["persons"]
-    assert np.mean([w["logit"] for w in windows]) == pytest.approx(row["voice_logit"], rel=1e-5)
+    pooled = clip_logit(np.array([w["logit"] for w in windows]), bundle.protocol.voice)  # the head: identity
+    assert pooled == pytest.approx(row["voice_logit"], rel=1e-5)
     starts = [w["start"] for w in windows]
     assert starts == sorted(starts) and all(w["end"] - w["start"] == pytest.approx(1.0) for w in windows)
     for w in windows:  # the voice alone through the bundle's fusion and calibration
@@ -166,7 +167,7 @@ def test_the_bundle_applies_the_voice_models_clip_head(
 ) -> None:
     """A fitted head travels inside the voice weights; the clip's pitch spread feeds it when scored."""
     from dfdc.audio.features import audio_windows
-    from dfdc.audio.model import clip_logit, window_logits
+    from dfdc.audio.model import window_logits
 
     head = torch.tensor([0.5, -1.0, 8.0, -2.0, 0.2])
     state = {**untrained_voice.state_dict, "clip_head": head}
@@ -183,3 +184,37 @@ def test_the_bundle_applies_the_voice_models_clip_head(
         assert w["logit"] == pytest.approx(
             clip_logit(z[None], fitted.audio, features.pitch_spread, head.numpy())
         )
+
+
+def test_a_bundle_from_before_clip_heads_scores_as_it_did(
+    voice_bundle: Path, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """Its voice weights have no clip head and its protocol no ``pool``: the windows' mean, as then."""
+    import hashlib
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from dfdc.audio.features import audio_windows
+    from dfdc.audio.model import window_logits
+    from dfdc.release.bundle import CHECKSUMS, PROTOCOL
+
+    old = Path(shutil.copytree(voice_bundle, tmp_path / "old"))
+    weights = {k: v for k, v in load_file(old / VOICE_WEIGHTS).items() if k != "clip_head"}
+    save_file(weights, old / VOICE_WEIGHTS)
+    protocol = json.loads((old / PROTOCOL).read_text())
+    for key in ("pool", "pool_temperature"):
+        del protocol["voice"][key]
+    (old / PROTOCOL).write_text(json.dumps(protocol))
+    sums = json.loads((old / CHECKSUMS).read_text())
+    for name in (VOICE_WEIGHTS, PROTOCOL):
+        sums[name] = hashlib.sha256((old / name).read_bytes()).hexdigest()
+    (old / CHECKSUMS).write_text(json.dumps(sums))
+
+    bundle = load_bundle(old)
+    assert bundle.protocol.voice is not None and bundle.protocol.voice.pool == "mean"
+    row = score_videos(bundle, [clips["both"]], progress=False, run=RUN).iloc[0]
+    assert bundle.voice_model is not None
+    window = window_logits(bundle.voice_model, audio_windows(clips["both"], bundle.protocol.voice).windows)
+    assert row["voice_logit"] == pytest.approx(float(window.mean()), abs=1e-4)
