@@ -9,6 +9,7 @@ import pandas as pd
 from prefect import flow, task
 
 from dfdc.config import Params, load_params
+from dfdc.data.labels import face_changed, read_labels
 from dfdc.data.metadata import labels_to_int
 from dfdc.faces.store import read_index
 from dfdc.model.backbone import Checkpoint
@@ -39,6 +40,14 @@ def voice_logits(params: Params, videos: pd.DataFrame) -> pd.DataFrame:
     return videos.merge(scores, on=["chunk", "filename"], how="left", validate="one_to_one")
 
 
+@task
+def face_targets(params: Params, videos: pd.DataFrame) -> pd.DataFrame:
+    """``videos`` with ``face_changed`` from the crop labels (NaN: not labelled, or unknown)."""
+    labels = read_labels(params.labels.out_dir, sorted(videos["chunk"].unique()))
+    changed = face_changed(labels).rename(columns={"video": "filename"})
+    return videos.merge(changed, on=["chunk", "filename"], how="left", validate="one_to_one")
+
+
 @flow(name="calibrate")
 def calibrate_flow(params_path: str = "params.yaml") -> Calibration:
     """Write ``data.frame_scores``, ``data.scores`` and ``calibrate.output``; never fits on test."""
@@ -47,7 +56,7 @@ def calibrate_flow(params_path: str = "params.yaml") -> Calibration:
     c = params.calibrate
     fusion = c.fusion
     if fusion != "face":
-        videos = voice_logits(params, videos)
+        videos = face_targets(params, voice_logits(params, videos))
         if not videos["voice_logit"].notna().any():  # no voice fake to learn from: an untrained branch
             print(f"no voice score on the held-out videos: fusion {fusion} falls back to the face alone")
             fusion = "face"
@@ -64,8 +73,12 @@ def calibrate_flow(params_path: str = "params.yaml") -> Calibration:
     cal.save(params.calibrate.output)
     run_id = json.loads(params.train.run_file.read_text())["run_id"]
     connect(params.registry)
-    w_face, w_voice = cal.fusion_rule.weights
-    weights = {"fusion_w_face": w_face, "fusion_w_voice": w_voice} if fusion == "logreg" else {}
+    rule = cal.fusion_rule
+    weights = {}
+    if fusion == "logreg":
+        weights = {"fusion_w_face": rule.weights[0], "fusion_w_voice": rule.weights[1]}
+    if fusion == "noisy_or":
+        weights = {"fusion_face_scale": rule.face_scale[0], "fusion_face_shift": rule.face_scale[1]}
     log_metrics(run_id, {"temperature": cal.temperature, "fallback_prior": cal.fallback, **weights})
     calib = videos[videos["subset"] == "calib"]
     n_no_face = int(np.isnan(calib["face_logit"]).sum())

@@ -209,13 +209,28 @@ def video_face_labels(labels: pd.DataFrame) -> pd.DataFrame:
     """
     fakes = labels[labels["label_source"] != "real"]
     compared = fakes["label_source"] == "original"
-    per_video = fakes.assign(
-        changed=compared & (fakes["crop_label"] == "FAKE"), uncompared=~compared
-    ).groupby(["chunk", "video"])[["changed", "uncompared"]].any()
+    per_video = (
+        fakes.assign(changed=compared & (fakes["crop_label"] == "FAKE"), uncompared=~compared)
+        .groupby(["chunk", "video"])[["changed", "uncompared"]]
+        .any()
+    )
     face = np.where(
         per_video["changed"], "changed", np.where(per_video["uncompared"], "original_missing", "untouched")
     )
     return per_video.assign(face=face)[["face"]].reset_index()
+
+
+def face_changed(labels: pd.DataFrame) -> pd.DataFrame:
+    """``chunk, video, face_changed`` per labelled video: the face branch's own target.
+
+    1.0 when some face differs from the original's, 0.0 for a real and for a fake whose every
+    face is untouched (a voice-only fake), NaN when the original was missing (unknown).
+    """
+    faces = video_face_labels(labels)
+    fakes = faces.assign(face_changed=faces["face"].map({"changed": 1.0, "untouched": 0.0}))
+    reals = labels.loc[labels["label_source"] == "real", ["chunk", "video"]].drop_duplicates()
+    parts = [reals.assign(face_changed=0.0), fakes[["chunk", "video", "face_changed"]]]
+    return pd.concat(parts, ignore_index=True).astype({"face_changed": "float64"})
 
 
 def summarize(labels: pd.DataFrame, cfg: LabelsConfig) -> dict[str, float]:

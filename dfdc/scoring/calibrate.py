@@ -222,7 +222,9 @@ def calibrate_videos(
     """Aggregate ``frames`` per video of ``videos``, fuse, and fit on its ``calib`` subset only.
 
     ``videos`` has ``filename``, ``subset``, ``y`` and, for any ``fusion`` but ``face``,
-    ``voice_logit`` (NaN: no usable audio). Returns the calibration and every video's fused
+    ``voice_logit`` (NaN: no usable audio), and optionally ``face_changed`` (whether the
+    video's face was manipulated, from the crop labels; NaN unknown), which ``noisy_or``
+    calibrates the face branch against. Returns the calibration and every video's fused
     logit aligned with ``videos`` (NaN: neither branch has a score).
     """
     face = face_logits(frames, videos, aggregation).to_numpy()
@@ -230,7 +232,8 @@ def calibrate_videos(
     voice = videos["voice_logit"].to_numpy(dtype=float) if "voice_logit" in videos else no_voice
     calib = (videos["subset"] == "calib").to_numpy()
     y = videos["y"].to_numpy()
-    rule = fit_fusion(fusion, face[calib], voice[calib], y[calib], fusion_weight_sd)
+    changed = videos["face_changed"].to_numpy(dtype=float)[calib] if "face_changed" in videos else None
+    rule = fit_fusion(fusion, face[calib], voice[calib], y[calib], fusion_weight_sd, changed)
     fused = rule.logit(face, voice)
     cal = fit_calibration(
         fused[calib], y[calib], clip_min, clip_max, aggregation, prior_sd, bias_prior_sd,

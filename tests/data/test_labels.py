@@ -13,6 +13,7 @@ import pytest
 from dfdc.config import LabelsConfig
 from dfdc.data.labels import (
     crop_difference,
+    face_changed,
     label_chunk,
     store_locations,
     summarize,
@@ -67,6 +68,12 @@ def test_a_fake_whose_face_is_its_originals_is_untouched(extracted, tmp_path: Pa
     assert (faces.drop(fake["video"]) == "changed").all()
     summary = summarize(labels, CFG)
     assert summary["n_face_untouched"] == 1 and summary["n_face_changed"] == summary["n_fakes"] - 1
+    # the face branch's own target: 0 for the voice-only fake and the reals, 1 for the others
+    targets = face_changed(labels).set_index("video")["face_changed"]
+    assert targets[fake["video"]] == 0.0 and set(targets.index) == set(labels["video"])
+    reals = labels.loc[labels["label_source"] == "real", "video"].unique()
+    assert len(reals) and (targets[reals] == 0.0).all()
+    assert (targets.drop([fake["video"], *reals]) == 1.0).all()
 
 
 def test_a_fake_without_its_original_keeps_the_video_label(extracted, tmp_path: Path) -> None:

@@ -20,6 +20,33 @@ def test_noisy_or_is_one_minus_both_untouched() -> None:
     want = logit(1 - (1 - expit(face)) * (1 - expit(voice)))
     np.testing.assert_allclose(noisy_or(face, voice), want, rtol=1e-9)
     assert noisy_or(np.array([40.0]), np.array([40.0]))[0] > 30  # stays finite when both are sure
+    # exact when both are sure of "untouched" too: P ~ e^f + e^v
+    assert noisy_or(np.array([-800.0]), np.array([-800.0]))[0] == pytest.approx(np.log(2) - 800)
+
+
+def test_noisy_or_calibrates_the_face_against_whether_the_face_changed() -> None:
+    """Face logits squeezed to a third of their scale: the fit stretches them back; the voice is untouched."""
+    rng = np.random.default_rng(0)
+    changed = np.repeat([0.0, 1.0], 150)
+    face = (np.where(changed == 1, 3.0, -3.0) + rng.normal(0, 1, 300)) / 3
+    face_changed = changed.copy()
+    face_changed[:10] = NAN  # unknown (no original): left out
+    fitted = fit_fusion("noisy_or", face, np.zeros(300), changed, face_changed=face_changed)
+    a, b = fitted.face_scale
+    assert a > 2.0 and abs(b) < 1.0  # stretched back: the squeeze made it under-confident
+    voice = np.array([-1.0, 2.0])
+    np.testing.assert_allclose(fitted.logit(np.array([0.5, NAN]), voice), [noisy_or(a * 0.5 + b, -1.0), 2.0])
+    assert Fusion.from_json(fitted.to_json()) == fitted
+    assert Fusion.from_json({"method": "noisy_or", "weights": [1, 1]}).face_scale == (
+        1.0,
+        0.0,
+    )  # older record
+    # no face target, or one class only: the face as it is
+    assert fit_fusion("noisy_or", face, np.zeros(300), changed).face_scale == (1.0, 0.0)
+    assert fit_fusion("noisy_or", face, np.zeros(300), changed, face_changed=np.zeros(300)).face_scale == (
+        1.0,
+        0.0,
+    )
 
 
 @pytest.mark.parametrize("method", ["rule", "noisy_or", "logreg"])
@@ -89,6 +116,20 @@ def test_every_method_calibrates_and_fused_logits_match_the_record(method: str) 
     assert (cal.fusion is None) == (method == "face")  # a face-only record is as before fusion
 
 
+def test_calibrate_videos_fits_the_face_scale_when_the_face_targets_are_known() -> None:
+    videos, frames = _videos(200, 3)
+    face_fake = (videos["y"] == 1) & (frames["logit"] > 0)  # the face fakes of _videos
+    frames = frames.assign(logit=frames["logit"] / 4)  # an under-confident face branch
+    with_targets = videos.assign(face_changed=face_fake.astype(float))
+    plain, _ = calibrate_videos(frames, videos, {"strategy": "mean"}, 0.01, 0.99, 0.5, 1.0, "noisy_or")
+    cal, fused = calibrate_videos(
+        frames, with_targets, {"strategy": "mean"}, 0.01, 0.99, 0.5, 1.0, "noisy_or"
+    )
+    assert plain.fusion_rule.face_scale == (1.0, 0.0) and cal.fusion_rule.face_scale[0] > 2.0
+    face = frames["logit"].to_numpy()
+    np.testing.assert_allclose(fused.to_numpy(), cal.fused(face, videos["voice_logit"]), equal_nan=True)
+
+
 def test_fusion_beats_either_branch_alone_when_fakes_differ_by_modality() -> None:
     from sklearn.metrics import log_loss
 
@@ -107,7 +148,7 @@ def test_the_fusion_travels_in_the_protocol() -> None:
         ModelConfig(), ExtractConfig(), Preprocess((0.5,) * 3, (0.5,) * 3), cal, voice=AudioConfig(n_mels=40)
     )
     raw = protocol.to_json()
-    assert raw["fusion"] == {"method": "logreg", "weights": [0.5, 2.0]}
+    assert raw["fusion"] == {"method": "logreg", "weights": [0.5, 2.0], "face_scale": [1.0, 0.0]}
     back = Protocol.from_json(raw)
     assert back == protocol
     assert back.calibration is not None and back.calibration.fusion_rule == Fusion("logreg", (0.5, 2.0))
