@@ -252,9 +252,11 @@ def _voice_card(protocol: dict) -> str:
     if fusion is None or voice is None:
         return ""
     weights = fusion.get("weights", [1.0, 1.0])
+    a, b = fusion.get("face_scale", [1.0, 0.0])
     how = {
         "rule": "the larger of the two logits (the branch more confident that the video is fake)",
-        "noisy_or": "noisy-OR: fake unless both branches say untouched",
+        "noisy_or": f"noisy-OR: fake unless both branches say untouched (the face logit as {a:.3f} x face"
+        f" {b:+.3f}, calibrated on the calib subset for whether the face changed)",
         "logreg": f"{weights[0]:.3f} x face + {weights[1]:.3f} x voice (fitted on the calib subset)",
         "voice": "the voice logit alone",
     }[fusion["method"]]
