@@ -55,6 +55,9 @@ def demo_data(
     ] = ",".join(_DEMO.kinds),
     pair_share: Annotated[float, typer.Option(help="share of scenes showing two people")] = _DEMO.pair_share,
     force: Annotated[bool, typer.Option(help="rewrite even if OUT already holds data")] = False,
+    workers: Annotated[int, typer.Option(help="processes rendering videos (the same bytes as one)")] = (
+        os.cpu_count() or 1
+    ),
 ) -> None:
     """Generate DFDC-layout chunks, test videos and a sample submission from real face photos."""
     from dfdc.demo.generate import generate_demo_data
@@ -68,7 +71,7 @@ def demo_data(
         kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), pair_share=pair_share,
     )  # fmt: skip
     try:
-        manifest = generate_demo_data(out, spec)
+        manifest = generate_demo_data(out, spec, workers)
     except ValueError as err:  # an impossible spec: say which setting, no traceback
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None

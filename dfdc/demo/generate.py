@@ -28,8 +28,11 @@ import json
 import math
 import string
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cache, partial
+from multiprocessing import get_context
 from pathlib import Path
 
 import av
@@ -186,21 +189,29 @@ def modality_of(kind: str) -> str:
     return "both" if face and voice else "face" if face else "voice"
 
 
-def generate_demo_data(out: Path, spec: DemoSpec = DemoSpec()) -> pd.DataFrame:
+def generate_demo_data(out: Path, spec: DemoSpec = DemoSpec(), workers: int = 1) -> pd.DataFrame:
     """Write the demo dataset under `out` and return the manifest.
 
     The manifest (also written as ``out/demo_manifest.csv``) is the ground truth for every
     video, test answers included, so tests and tutorials can check what the pipeline finds.
+    Each video is rebuilt from its own seeds, so ``workers`` processes write the same bytes
+    as one.
     """
     _validate(spec)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     out = Path(out)
     plan = _plan(spec)
     _refuse_foreign_files(out, plan)
-    photos = {ident: _load_photo(ident) for ident in IDENTITIES}
-    for video in plan:
-        folder = out / video.chunk
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_video(folder / video.name, video, spec, photos)
+    for chunk in {video.chunk for video in plan}:
+        (out / chunk).mkdir(parents=True, exist_ok=True)
+    write = partial(_write_planned, out=out, spec=spec)
+    if workers == 1 or len(plan) < 2:
+        for video in plan:
+            write(video)
+    else:
+        with ProcessPoolExecutor(min(workers, len(plan)), mp_context=get_context("spawn")) as pool:
+            list(pool.map(write, plan, chunksize=4))
     _write_metadata(out, plan)
     manifest = _manifest(plan)
     _write_test_csvs(out, manifest)
@@ -413,6 +424,12 @@ def _replace_file(path: Path, write: Callable[[Path], object]) -> None:
 
 
 # --------------------------------------------------------------------------- rendering
+
+
+@cache
+def _photos() -> dict[str, np.ndarray]:
+    """Every identity's photo, loaded once per process."""
+    return {ident: _load_photo(ident) for ident in IDENTITIES}
 
 
 def _load_photo(identity: str) -> np.ndarray:
@@ -895,6 +912,11 @@ def _sound(video: _Video, n: int) -> np.ndarray:
     if manipulation is not None:
         raise ValueError(f"unknown voice manipulation {manipulation!r}")
     return speech
+
+
+def _write_planned(video: _Video, out: Path, spec: DemoSpec) -> None:
+    """Write one planned video into its chunk folder (a worker's unit of work)."""
+    _write_video(out / video.chunk / video.name, video, spec, _photos())
 
 
 def _write_video(
