@@ -28,8 +28,10 @@ from dfdc.release.registry import end_killed_run, log_artifact, log_metrics, tra
 def load_splits(params: Params) -> tuple[Split, Split]:
     """The `train` and `val` subsets, with landmarks mapped into crop pixels for cut-out.
 
-    Training learns each crop's own label (``labels.use``); validation selects the epoch on
-    the video log loss, so it keeps the video labels the task is scored on.
+    Both learn and judge each crop's own label (``labels.use``): the face branch answers
+    whether a face changed, and the fusion with the voice branch answers whether the video is
+    fake. Selecting the epoch on video labels would count voice-only fakes, which no face model
+    can see, as its misses.
     """
     splits = pd.read_parquet(params.data.splits)
     chunks = sorted(splits["chunk"].unique())
@@ -38,7 +40,7 @@ def load_splits(params: Params) -> tuple[Split, Split]:
     cfg = params.extract
     faces_dir = params.data.faces_dir
     train_split = load_subset(faces_dir, labelled, splits, "train", cfg.margin, cfg.crop_size, "train_label")
-    val_split = load_subset(params.data.faces_dir, index, splits, "val")
+    val_split = load_subset(faces_dir, labelled, splits, "val", label_column="train_label")
     return train_split, val_split
 
 

@@ -112,11 +112,14 @@ def distributed() -> Iterator[Ranks]:
 
 
 def video_logloss(logits: np.ndarray, labels: np.ndarray, videos: np.ndarray) -> float:
-    """Log loss of mean-logit video scores: the quantity DFDC ranked models by."""
+    """Log loss of mean-logit video scores: the quantity DFDC ranked models by.
+
+    A video is fake when any of its crops is (crop labels: one changed face of two).
+    """
     import pandas as pd
 
     z = video_logits(logits, pd.Series(videos))
-    y = pd.Series(labels, index=videos).groupby(level=0, sort=False).first().loc[z.index]
+    y = pd.Series(labels, index=videos).groupby(level=0, sort=False).max().loc[z.index]
     return float(log_loss(y.to_numpy(), np.clip(expit(z.to_numpy()), 1e-6, 1 - 1e-6), labels=[0, 1]))
 
 

@@ -10,6 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from dfdc.config import load_params
+from dfdc.data.labels import read_labels, video_face_labels
+from flows.train import load_splits
+
 pytestmark = pytest.mark.integration
 STAGES = tuple(yaml.safe_load((Path(__file__).parents[2] / "dvc.yaml").read_text())["stages"])
 
@@ -37,6 +41,14 @@ def test_repro_runs_every_stage_then_only_what_changed(project: tuple[Path, dict
     assert protocol["fusion"]["method"] == "noisy_or" and protocol["voice"]["sample_rate"] == 16000
     assert json.loads((root / "reports/labels.json").read_text())["audio_changed"] > 0
     assert len(pd.read_csv(root / "submission.csv")) == 4
+    # The face branch chose its epoch on whether each video's face changed, not on its label.
+    _, val = load_splits(load_params(root / "params.yaml"))
+    val_videos = pd.DataFrame({"video": val.videos, "y": val.labels}).groupby("video")["y"].max()
+    faces = video_face_labels(read_labels(root / "data/labels", ["dfdc_train_part_0", "dfdc_train_part_1"]))
+    face_fake = faces.set_index("video")["face"].ne("untouched")  # changed, or no original to tell
+    assert (val_videos == face_fake.reindex(val_videos.index, fill_value=False).astype(int)).all()
+    assert val_videos.sum() > 0
+    assert set(faces.loc[faces["face"] == "untouched", "video"]) & set(val_videos.index)  # a voice-only fake
 
     again = run(["dvc", "repro"], root, env)
     assert ran(again) == set()

@@ -143,6 +143,17 @@ def test_video_logloss_scores_mean_logits_per_video() -> None:
     assert video_logloss(logits, labels, videos) == pytest.approx(expected)
 
 
+
+def test_video_logloss_calls_a_video_fake_when_any_crop_is() -> None:
+    # Crop labels: one of two people's faces changed; the crop order must not decide.
+    videos = np.array(["a", "a", "b", "b"])
+    logits = np.array([1.0, 1.0, -1.0, -1.0])
+    first_real = video_logloss(logits, np.array([0, 1, 0, 0]), videos)
+    first_fake = video_logloss(logits, np.array([1, 0, 0, 0]), videos)
+    assert first_real == pytest.approx(first_fake)
+    assert first_real == pytest.approx(log_loss([1, 0], expit([1.0, -1.0]), labels=[0, 1]))
+
+
 # ----------------------------------------------------------------- recipe parts
 
 
