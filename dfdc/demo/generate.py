@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cache, partial
+from functools import cache
+from itertools import repeat
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -205,13 +206,12 @@ def generate_demo_data(out: Path, spec: DemoSpec = DemoSpec(), workers: int = 1)
     _refuse_foreign_files(out, plan)
     for chunk in {video.chunk for video in plan}:
         (out / chunk).mkdir(parents=True, exist_ok=True)
-    write = partial(_write_planned, out=out, spec=spec)
-    if workers == 1 or len(plan) < 2:
+    if workers == 1:
         for video in plan:
-            write(video)
+            _write_video(video, out, spec)
     else:
         with ProcessPoolExecutor(min(workers, len(plan)), mp_context=get_context("spawn")) as pool:
-            list(pool.map(write, plan, chunksize=4))
+            list(pool.map(_write_video, plan, repeat(out), repeat(spec), chunksize=4))
     _write_metadata(out, plan)
     manifest = _manifest(plan)
     _write_test_csvs(out, manifest)
@@ -914,15 +914,10 @@ def _sound(video: _Video, n: int) -> np.ndarray:
     return speech
 
 
-def _write_planned(video: _Video, out: Path, spec: DemoSpec) -> None:
-    """Write one planned video into its chunk folder (a worker's unit of work)."""
-    _write_video(out / video.chunk / video.name, video, spec, _photos())
-
-
-def _write_video(
-    path: Path, video: _Video, spec: DemoSpec, photos: dict[str, np.ndarray]
-) -> None:
-    """Render and encode one video, streaming frame by frame into H.264 + AAC."""
+def _write_video(video: _Video, out: Path, spec: DemoSpec) -> None:
+    """Render and encode one video into its chunk folder, streaming frame by frame into H.264 + AAC."""
+    path = out / video.chunk / video.name
+    photos = _photos()
     scene = _render(video, spec, photos)
     edit = _face_edit(video, photos)
     samples_per_frame = Fraction(_AUDIO_RATE, spec.fps)

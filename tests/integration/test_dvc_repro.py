@@ -44,7 +44,8 @@ def test_repro_runs_every_stage_then_only_what_changed(project: tuple[Path, dict
     # The face branch chose its epoch on whether each video's face changed, not on its label.
     _, val = load_splits(load_params(root / "params.yaml"))
     val_videos = pd.DataFrame({"video": val.videos, "y": val.labels}).groupby("video")["y"].max()
-    faces = video_face_labels(read_labels(root / "data/labels", ["dfdc_train_part_0", "dfdc_train_part_1"]))
+    chunks = pd.read_parquet(root / "data/splits.parquet")["chunk"].unique()
+    faces = video_face_labels(read_labels(root / "data/labels", chunks))
     face_fake = faces.set_index("video")["face"].ne("untouched")  # changed, or no original to tell
     assert (val_videos == face_fake.reindex(val_videos.index, fill_value=False).astype(int)).all()
     assert val_videos.sum() > 0

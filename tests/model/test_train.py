@@ -143,7 +143,6 @@ def test_video_logloss_scores_mean_logits_per_video() -> None:
     assert video_logloss(logits, labels, videos) == pytest.approx(expected)
 
 
-
 def test_video_logloss_calls_a_video_fake_when_any_crop_is() -> None:
     # Crop labels: one of two people's faces changed; the crop order must not decide.
     videos = np.array(["a", "a", "b", "b"])
